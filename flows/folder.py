@@ -1,0 +1,32 @@
+"""``process_folder``: fan clips out to ``process_clip`` runs with bounded concurrency."""
+
+from __future__ import annotations
+
+from prefect import flow, task, unmapped
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.clip import process_clip
+from pipeline.discover import Clip
+from pipeline.runner import RunContext, _now, write_report
+
+
+@task(name="clip", cache_policy=NO_CACHE, persist_result=False)
+def clip_task(clip: Clip, ctx: RunContext) -> dict:
+    return process_clip.with_options(flow_run_name=clip.id)(clip, ctx)
+
+
+@flow(name="process_folder", persist_result=False, validate_parameters=False)
+def process_folder(clips: list[Clip], ctx: RunContext) -> list[dict]:
+    """Every clip through ``process_clip``, at most ``run.concurrency`` at once; one clip's failure never
+    stops the others (stage failures are recorded, not raised)."""
+    futures = clip_task.map(clips, unmapped(ctx))
+    return [f.result() for f in futures]
+
+
+def run_with_prefect(clips: list[Clip], ctx: RunContext) -> dict:
+    """Orchestrator for ``genmocap run``: the folder flow in Prefect's local mode, then the run report."""
+    started = _now()
+    runner = ThreadPoolTaskRunner(max_workers=ctx.cfg.run.concurrency)
+    entries = process_folder.with_options(task_runner=runner)(clips, ctx)
+    return write_report(ctx, entries, started)

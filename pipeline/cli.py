@@ -1,0 +1,220 @@
+"""``genmocap`` command line: a thin layer over the Python API.
+
+Exit codes: 0 every clip ok, 1 at least one clip failed (the others still done), 2 usage or config error.
+The Prefect orchestrator is passed in by ``flows.cli`` (the console script), so this module never imports
+``flows``; ``run.orchestrator=local`` runs the same stages in plain Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.config import ConfigError, dump_default_yaml, load_config
+from pipeline.discover import Clip, DiscoveryError, discover
+from pipeline.progress import Progress
+from pipeline.registry import REGISTRY, MissingWeightsError, download, locate, resolve, search_dirs
+from pipeline.registry import status as weights_status
+from pipeline.runner import RunContext, run_batch, summary_text
+from stages import STAGES
+
+Orchestrator = Callable[[list[Clip], RunContext], dict]
+
+EXIT_OK, EXIT_CLIP_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genmocap", description="Folders of video -> world-frame SMPL-X motion.")
+    p.add_argument("--version", action="version", version=f"genmocap {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="process clips (files, folders, globs, manifests)")
+    r.add_argument("inputs", nargs="+", metavar="INPUT")
+    r.add_argument("--out", required=True, type=Path, help="output folder")
+    r.add_argument("--config", type=Path, help="YAML config (see `genmocap config`)")
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="override a config value, e.g. --set track.select=largest (repeatable)",
+    )
+    r.add_argument("--until", choices=STAGES, help="last stage to run (default: all)")
+    r.add_argument(
+        "--detections",
+        type=Path,
+        metavar="FILE",
+        help="boxes instead of the detector: JSON/CSV of frame,x1,y1,x2,y2,score[,track_id][,clip], "
+        "or a folder of per-clip files named after the clip",
+    )
+
+    d = sub.add_parser("doctor", help="check ffmpeg, GPU, weights and body model")
+    d.add_argument("--json", action="store_true")
+
+    m = sub.add_parser("models", help="list weight files, where they are looked for, and their status")
+    m.add_argument("action", nargs="?", choices=["list", "fetch"], default="list")
+    m.add_argument("--json", action="store_true")
+
+    sub.add_parser("config", help="print the default config as YAML")
+    return p
+
+
+def main(argv: list[str] | None = None, orchestrators: dict[str, Orchestrator] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return cmd_run(args, orchestrators or {})
+    if args.command == "doctor":
+        return cmd_doctor(args)
+    if args.command == "models":
+        return cmd_models(args)
+    print(dump_default_yaml(), end="")
+    return EXIT_OK
+
+
+def _err(msg: str) -> None:
+    print(f"genmocap: {msg}", file=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace, orchestrators: dict[str, Orchestrator]) -> int:
+    overrides = list(args.overrides) + ([f"run.until={args.until}"] if args.until else [])
+    try:
+        cfg = load_config(args.config, overrides)
+        clips = discover(args.inputs)
+    except (ConfigError, DiscoveryError) as e:
+        _err(str(e))
+        return EXIT_USAGE
+    if not clips:
+        _err(f"no clips found in {' '.join(args.inputs)} (looked for videos and image-sequence folders)")
+        return EXIT_USAGE
+    orchestrator = cfg.run.orchestrator
+    if orchestrator != "local" and orchestrator not in orchestrators:
+        _err(f"run.orchestrator={orchestrator} is not available here; use --set run.orchestrator=local")
+        return EXIT_USAGE
+    try:
+        with Progress(cfg.run.progress) as progress:
+            ctx = RunContext.create(cfg, args.out, detections=args.detections, progress=progress)
+            # Missing weights are a set-up problem, not a bad clip: say so once, before any work.
+            for name in ctx.required_weights().values():
+                resolve(name)
+            runner = run_batch if orchestrator == "local" else orchestrators[orchestrator]
+            report = runner(clips, ctx)
+    except MissingWeightsError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    except (FileNotFoundError, ValueError) as e:  # e.g. an unreadable --detections file
+        _err(str(e))
+        return EXIT_USAGE
+    print(summary_text(report))
+    print(f"report: {args.out / 'report.json'}")
+    return EXIT_OK if report["summary"]["failed"] == 0 else EXIT_CLIP_FAILED
+
+
+def _tool_version(exe: str) -> str | None:
+    path = shutil.which(exe)
+    if not path:
+        return None
+    try:
+        out = subprocess.run([path, "-version"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.splitlines()[0] if out else path
+
+
+def body_model_path() -> Path | None:
+    """The SMPL-X neutral model, if present: $GENMOCAP_BODY_MODEL (file or folder) or the user cache."""
+    from pipeline.registry import cache_dir
+
+    candidates = []
+    env = os.environ.get("GENMOCAP_BODY_MODEL")
+    if env:
+        p = Path(env).expanduser()
+        candidates += [p, p / "SMPLX_NEUTRAL.npz", p / "smplx" / "SMPLX_NEUTRAL.npz"]
+    candidates.append(cache_dir() / "body_models" / "smplx" / "SMPLX_NEUTRAL.npz")
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    checks: list[dict] = []
+
+    def add(name: str, ok: bool, detail: str, fix: str = "", required: bool = True) -> None:
+        checks.append(
+            {"check": name, "ok": ok, "detail": detail, "fix": "" if ok else fix, "required": required}
+        )
+
+    add("python", sys.version_info[:2] == (3, 11), platform.python_version(), "use CPython 3.11")
+    for exe in ("ffmpeg", "ffprobe"):
+        v = _tool_version(exe)
+        add(exe, v is not None, v or "not found", "apt-get install ffmpeg")
+    try:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        gpus = [torch.cuda.get_device_name(i) for i in range(n)]
+        add("torch", True, f"torch {torch.__version__}")
+        add(
+            "gpu",
+            n > 0,
+            ", ".join(gpus) if gpus else "no CUDA GPU: stages run on the CPU (slow)",
+            "optional",
+            required=False,
+        )
+    except Exception as e:  # a broken torch install is exactly what doctor is for
+        add("torch", False, f"import failed: {e}", "reinstall: make setup")
+    for row in weights_status():
+        needed = row["stage"] == "track" and row["file"] == "yolov8x.pt"
+        where = row["path"] or ("downloadable" if row["downloadable"] else "missing")
+        add(f"weights {row['file']}", bool(row["path"]), where, row["how_to_get"], required=needed)
+    bm = body_model_path()
+    add(
+        "body model SMPL-X",
+        bm is not None,
+        str(bm) if bm else "missing",
+        "licence-gated: register at the SMPL-X website, download SMPLX_NEUTRAL.npz, then set "
+        "GENMOCAP_BODY_MODEL=/path/to/it (needed only for IK and FBX/BVH/USD export)",
+        required=False,
+    )
+
+    if args.json:
+        print(json.dumps(checks, indent=2))
+    else:
+        for c in checks:
+            mark = "ok " if c["ok"] else ("-- " if not c["required"] else "!! ")
+            print(f"{mark} {c['check']:<34} {c['detail']}" + (f"\n      fix: {c['fix']}" if c["fix"] else ""))
+    bad = [c for c in checks if c["required"] and not c["ok"] and not c["check"].startswith("weights")]
+    return EXIT_OK if not bad else EXIT_CLIP_FAILED
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    if args.action == "fetch":
+        rc = EXIT_OK
+        for spec in REGISTRY.values():
+            if locate(spec.filename) or not spec.url:
+                continue
+            try:
+                print(f"{spec.filename}: {download(spec)}")
+            except MissingWeightsError as e:
+                _err(str(e))
+                rc = EXIT_CLIP_FAILED
+        return rc
+    rows = weights_status()
+    if args.json:
+        print(json.dumps({"search_dirs": [str(d) for d in search_dirs()], "weights": rows}, indent=2))
+        return EXIT_OK
+    print("looked for (in order): the path as given, " + ", ".join(str(d) for d in search_dirs()))
+    for r in rows:
+        state = r["path"] or (
+            "not present (downloadable: genmocap models fetch)" if r["downloadable"] else "not present"
+        )
+        print(f"{r['stage']:<10} {r['file']:<28} {state}")
+        if not r["path"]:
+            print(f"{'':<10} how to get it: {r['how_to_get']}")
+    return EXIT_OK
