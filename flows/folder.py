@@ -30,3 +30,26 @@ def run_with_prefect(clips: list[Clip], ctx: RunContext) -> dict:
     runner = ThreadPoolTaskRunner(max_workers=ctx.cfg.run.concurrency)
     entries = process_folder.with_options(task_runner=runner)(clips, ctx)
     return write_report(ctx, entries, started)
+
+
+@flow(name="genmocap-batch", persist_result=False)
+def batch(
+    inputs: list[str],
+    out: str,
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    detections: str | None = None,
+) -> dict:
+    """The whole job from plain parameters (what a deployment or schedule stores): discover the clips, run
+    them through ``process_folder`` and write ``OUT/report.json``; returns the report."""
+    from pathlib import Path
+
+    from pipeline.config import load_config
+    from pipeline.discover import discover
+    from pipeline.registry import resolve
+
+    cfg = load_config(Path(config) if config else None, overrides or [])
+    ctx = RunContext.create(cfg, Path(out), detections=Path(detections) if detections else None)
+    for name in ctx.required_weights().values():
+        resolve(name)
+    return run_with_prefect(discover(inputs), ctx)

@@ -283,6 +283,7 @@ def run_track(
     frame_idx: list[np.ndarray] = []
     times: list[np.ndarray] = []
     done = 0
+    last: tuple[int, tuple] = (-1, ())  # (source frame, its detections) at the end of the previous chunk
     empty = (np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64))
     for chunk in iter_chunks(info, chunk_frames=chunk_frames, fps=fps):
         frame_idx.append(chunk.frame_index)
@@ -296,10 +297,14 @@ def run_track(
                     tid = detections.track_id[rows] if detections.track_id is not None else empty[2]
                     per_sample.append((detections.xyxy[rows], detections.score[rows], tid))
         else:
-            # Resampling up (24 -> 30 fps) repeats source frames: detect each source frame once.
+            # Resampling up (24 -> 30 fps) repeats source frames, also across chunk boundaries: detect each
+            # source frame once.
             uniq, first, inverse = np.unique(chunk.frame_index, return_index=True, return_inverse=True)
-            dets = detector(chunk.frames[first])
+            todo = [j for j, f in enumerate(uniq.tolist()) if f != last[0]]
+            found = dict(zip(todo, detector(chunk.frames[first[todo]]) if todo else [], strict=True))
+            dets = [found.get(j, last[1]) for j in range(len(uniq))]
             per_sample.extend(dets[j] for j in inverse.reshape(-1).tolist())
+            last = (int(uniq[-1]), dets[-1])
         done += len(chunk.frame_index)
         if progress is not None:
             progress(done, total or done)

@@ -10,7 +10,8 @@ Conventions used throughout:
 
 ``probe`` reads timestamps from packets (cheap, no decoding) to get the real frame count and rate;
 ``iter_chunks`` runs a single ffmpeg process per clip and reads fixed-size blocks from its pipe, so memory
-stays bounded by ``chunk_frames`` no matter how long the clip is.
+stays bounded by ``chunk_frames`` no matter how long the clip is (about two chunks: the one the consumer
+holds and the one being filled; see ``benchmarks/decode_memory.py``).
 """
 
 from __future__ import annotations
@@ -770,7 +771,11 @@ def iter_chunks(info: VideoInfo, *, chunk_frames: int = 32, fps: float | None = 
     duplication to a constant rate); ffmpeg applies the display rotation. Each frame's timestamp is the one
     ffmpeg reports for it (``showinfo``), not the probe's. With ``fps`` the output is resampled on the fly
     to a constant rate with the nearest-frame rule of ``resample_plan``; duplicated samples are copies of
-    the same source frame. Memory stays around ``chunk_frames`` frames whatever the clip length.
+    the same source frame. Each chunk is a fresh array the consumer may keep; if it does not, memory stays
+    around two chunks (the one held, the one being filled) whatever the clip length.
+
+    Image sequences are read one file at a time with OpenCV in natural file order (JPEG EXIF orientation
+    applied, BGR converted to RGB), frame i at ``i / info.fps`` seconds.
 
     Closing the generator early kills and reaps the ffmpeg process.
 

@@ -328,3 +328,23 @@ def test_resume_after_kill(tmp_path):
     if stages["track"]["status"] == "failed":  # random weights may find nobody: then it must say so
         assert "no person" in rep["clips"][0]["error"]
     assert r.returncode in (0, 1)
+
+
+@pytest.mark.slow
+def test_batch_flow_from_plain_parameters(corpus, tmp_path):
+    """The deployable flow (what a nightly schedule runs) from JSON-able parameters, in local mode."""
+    root, dets, _ = corpus
+    out = tmp_path / "out"
+    code = (
+        "import json, sys; from flows.folder import batch; "
+        f"r = batch(inputs=[{str(root / 'good30.mp4')!r}, {str(root / 'bad' / 'zero_byte.mp4')!r}], "
+        f"out={str(out)!r}, overrides=['run.until=track'], detections={str(dets)!r}); "
+        "print(json.dumps(r['summary']))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env, cwd=REPO
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"clips": 2, "ok": 1, "failed": 1}
+    assert json.loads((out / "report.json").read_text())["summary"]["ok"] == 1
