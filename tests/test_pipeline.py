@@ -89,6 +89,7 @@ EXPECTED_FAIL = {
     "one_frame": ("probe", "too short: 1 frame"),
     "no_person": ("track", "no person"),
     "truncated_faststart": ("probe", "truncated or corrupt"),
+    "no_frames": ("probe", "no decodable video frames"),
     "corrupt": ("track", "truncated or corrupt"),
 }
 
