@@ -207,6 +207,19 @@ class _Packets:
     errors: str  # ffprobe's condensed stderr ("" when clean)
 
 
+def _ffprobe_entries(path: str, stream_index: int, entries: str, fmt: str) -> subprocess.CompletedProcess:
+    """Run ffprobe ``-show_entries`` on one stream; raise MediaError if it fails.
+
+    ffmpeg-python's probe() forces JSON and drops stderr; we need stderr ("partial file") and a compact line
+    format for clips with hundreds of thousands of packets, so this runs ffprobe directly.
+    """
+    cmd = [FFPROBE, "-v", "error", "-select_streams", str(stream_index), "-show_entries", entries]
+    proc = subprocess.run([*cmd, "-of", fmt, path], capture_output=True, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise MediaError(f"not a readable media file: {_short_ffmpeg_error(proc.stderr, path)}")
+    return proc
+
+
 def _probe_packets(path: str, stream_index: int) -> _Packets:
     """Presentation timestamps of every packet of one stream, without decoding.
 
@@ -215,14 +228,7 @@ def _probe_packets(path: str, stream_index: int) -> _Packets:
     presentation order. If some packets carry no pts (raw streams, some AVI), falls back to decoding with
     ``-show_frames`` and using ``best_effort_timestamp``.
     """
-    entries = "stream=time_base:packet=pts,duration,flags"
-    cmd = [FFPROBE, "-v", "error", "-select_streams", str(stream_index), "-show_entries", entries]
-    cmd += ["-of", "compact=p=0", path]
-    # ffmpeg-python's probe() forces JSON and drops stderr; we need stderr ("partial file") and a compact
-    # line format for clips with hundreds of thousands of packets, so this one runs ffprobe directly.
-    proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise MediaError(f"not a readable media file: {_short_ffmpeg_error(proc.stderr, path)}")
+    proc = _ffprobe_entries(path, stream_index, "stream=time_base:packet=pts,duration,flags", "compact=p=0")
     tb: Fraction | None = None
     pts: list[int] = []
     durations: list[int] = []
@@ -258,12 +264,7 @@ def _probe_packets(path: str, stream_index: int) -> _Packets:
 
 def _decoded_frame_ticks(path: str, stream_index: int, tb: Fraction, errors: str, n_listed: int) -> _Packets:
     # Slow path (decodes every frame) for streams whose packets lack pts.
-    entries = "frame=best_effort_timestamp"
-    cmd = [FFPROBE, "-v", "error", "-select_streams", str(stream_index), "-show_entries", entries]
-    cmd += ["-of", "csv=p=0", path]
-    proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise MediaError(f"not a readable media file: {_short_ffmpeg_error(proc.stderr, path)}")
+    proc = _ffprobe_entries(path, stream_index, "frame=best_effort_timestamp", "csv=p=0")
     # One line per frame ("pts," when the frame has side data); side-data lines have no leading number.
     firsts = (line.split(",", 1)[0].strip() for line in proc.stdout.decode().splitlines())
     vals = [int(v) for v in firsts if v.lstrip("-").isdigit()]
