@@ -1,0 +1,191 @@
+"""Stage ``estimate``: GEM on every person of a clip, from the person's track, 2D keypoints, image features
+and the clip's camera to SMPL-X parameters in the camera frame and in a gravity-aligned world frame.
+
+A person is estimated over the contiguous span of samples from its first to its last track sample. Samples
+inside the span where the track is absent (a gap longer than the tracker interpolates) are *masked*, not
+invented: no 2D keypoints (``has_2d_mask`` False) and no image feature there; only the box is interpolated so
+that the crop geometry GEM normalises keypoints with stays defined. Several people are batched through the
+network; each gets noise drawn from its own seed, so a person's result never depends on who shares its batch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.gem import codec
+from models.gem.camera import default_intrinsics
+from models.gem.network import GemNetwork
+from models.gem.rollout import static_cam_angvel
+from models.gem.skeleton import Skeleton
+
+VERSION = "1"
+NUM_KP = 17  # COCO-17
+IMG_DIM = 1024  # HMR2 token width
+
+
+class EstimateSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = Field("gem_smpl.ckpt", description="GEM checkpoint: registry name or path")
+    num_heads: int | None = Field(None, ge=1, description="attention heads (None: the official model's 8)")
+    mode: Literal["ddim", "regression"] = Field("ddim", description="ddim: the reference demo (50 steps)")
+    steps: int = Field(50, ge=1, le=1000)
+    seed: int | None = Field(0, description="initial-noise seed per person; None: zero noise")
+    bf16: bool = Field(False, description="bf16 autocast (CUDA only)")
+    batch_people: int = Field(4, ge=1, description="people per network pass (does not change results)")
+
+
+@dataclass
+class PersonInput:
+    """What the pixel stages know about one person, on the clip's sample timeline.
+
+    ``sample_index`` (T,) int64 increasing sample numbers where the track exists (gaps allowed);
+    ``bbx_xys`` (T, 3) GEM's square box (cx, cy, s) in pixels; ``kp2d`` (T, 17, 3) COCO-17 (x, y, conf) in
+    full-image pixels, or None; ``f_imgseq`` (T, 1024) HMR2 features or None, ``has_img`` (T,) bool.
+    """
+
+    person_id: int
+    sample_index: np.ndarray
+    bbx_xys: np.ndarray
+    kp2d: np.ndarray | None = None
+    f_imgseq: np.ndarray | None = None
+    has_img: np.ndarray | None = None
+
+
+def span_inputs(
+    p: PersonInput,
+    image_wh: tuple[int, int],
+    K: np.ndarray | None = None,
+    cam_angvel: np.ndarray | None = None,
+    camera_known: bool = True,
+) -> tuple[int, np.ndarray, dict[str, torch.Tensor]]:
+    """GEM inputs for one person over its span.
+
+    Args:
+        K: (S, 3, 3) clip intrinsics per sample, or None for GEM's default from the image size.
+        cam_angvel: (S, 6) clip camera angular velocity per sample (GEM's 6D convention), or None for a
+            static camera.
+        camera_known: False tells GEM the camera motion is unknown (``has_cam_mask`` False).
+    Returns:
+        (first sample s0, present (L,) bool, inputs dict of (L, ...) tensors) with L = last - s0 + 1.
+    """
+    idx = np.asarray(p.sample_index, dtype=np.int64)
+    if len(idx) < 2 or np.any(np.diff(idx) <= 0):
+        raise ValueError(f"person {p.person_id}: needs >= 2 increasing samples")
+    s0, L = int(idx[0]), int(idx[-1] - idx[0] + 1)
+    rel = idx - s0
+    present = np.zeros(L, dtype=bool)
+    present[rel] = True
+    grid = np.arange(L)
+    bbx = np.stack([np.interp(grid, rel, p.bbx_xys[:, c]) for c in range(3)], axis=1)
+    kp = np.zeros((L, NUM_KP, 3), dtype=np.float32)
+    has_2d = present.copy()
+    if p.kp2d is not None:
+        kp[rel] = p.kp2d
+    else:
+        has_2d[:] = False
+    img = np.zeros((L, IMG_DIM), dtype=np.float32)
+    has_img = np.zeros(L, dtype=bool)
+    if p.f_imgseq is not None:
+        ok = np.ones(len(idx), dtype=bool) if p.has_img is None else np.asarray(p.has_img, dtype=bool)
+        img[rel[ok]] = p.f_imgseq[ok]
+        has_img[rel[ok]] = True
+    span = slice(s0, s0 + L)
+    K_t = default_intrinsics(*image_wh, L) if K is None else torch.as_tensor(K[span], dtype=torch.float32)
+    av = (
+        static_cam_angvel(L) if cam_angvel is None else torch.as_tensor(cam_angvel[span], dtype=torch.float32)
+    )
+    inputs = {
+        "kp2d": torch.from_numpy(kp),
+        "bbx_xys": torch.from_numpy(bbx.astype(np.float32)),
+        "K_fullimg": K_t,
+        "cam_angvel": av,
+        "f_imgseq": torch.from_numpy(img),
+        "has_img_mask": torch.from_numpy(has_img),
+        "has_2d_mask": torch.from_numpy(has_2d),
+        "has_cam_mask": torch.full((L,), camera_known, dtype=torch.bool),
+    }
+    return s0, present, inputs
+
+
+def _pad(x: torch.Tensor, L: int) -> torch.Tensor:
+    """Pad dim 0 to L by repeating the last row (finite values; the network masks them by length)."""
+    return x if x.shape[0] == L else torch.cat([x, x[-1:].expand(L - x.shape[0], *x.shape[1:])])
+
+
+def estimate_people(
+    net: GemNetwork,
+    people: list[PersonInput],
+    image_wh: tuple[int, int],
+    settings: EstimateSettings,
+    skeleton: Skeleton | None,
+    K: np.ndarray | None = None,
+    cam_angvel: np.ndarray | None = None,
+    camera_known: bool = True,
+) -> list[dict[str, np.ndarray]]:
+    """Run GEM for every person (batched ``settings.batch_people`` at a time) and decode each.
+
+    Returns, per person, float32 arrays over its span of L samples: ``sample_index`` (L,), ``present``
+    (L,) bool, ``global_orient`` / ``transl`` (L, 3) world (y up, metres), ``body_pose`` (L, 63),
+    ``betas`` (10,), ``incam_global_orient`` / ``incam_transl`` (L, 3) camera frame (OpenCV),
+    ``static_conf_logits`` (L, 6), ``K`` (L, 3, 3).
+    """
+    results: list[dict[str, np.ndarray]] = []
+    device = net.device
+    for start in range(0, len(people), settings.batch_people):
+        group = people[start : start + settings.batch_people]
+        spans = [span_inputs(p, image_wh, K, cam_angvel, camera_known) for p in group]
+        Lmax = max(len(present) for _, present, _ in spans)
+        batch = {k: torch.stack([_pad(inp[k], Lmax) for _, _, inp in spans]) for k in spans[0][2]}
+        batch["length"] = torch.tensor([len(present) for _, present, _ in spans])
+        if settings.mode == "ddim" and settings.seed is not None:
+            # one generator per person: results do not depend on batch composition
+            seeds = [settings.seed + p.person_id for p in group]
+            noise = torch.stack(
+                [_pad(_noise(s, len(pr)), Lmax) for s, (_, pr, _) in zip(seeds, spans, strict=True)]
+            )
+        else:
+            noise = "zero"
+        out = net.estimate(
+            {k: v.to(device) for k, v in batch.items()},
+            mode=settings.mode,
+            steps=settings.steps,
+            noise=noise,
+            bf16=settings.bf16,
+        )
+        for b, (s0, present, inp) in enumerate(spans):
+            L = len(present)
+            one = {k: out[k][b : b + 1, :L] for k in ("pred_x", "pred_cam", "static_conf_logits")}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the caller reports a missing body model once per clip
+                pred = codec.decode_all(one, {k: v[None] for k, v in inp.items()}, skeleton)
+            results.append(
+                {
+                    "sample_index": np.arange(s0, s0 + L, dtype=np.int64),
+                    "present": present,
+                    "global_orient": _np(pred["pred/global/global_orient"][0]),
+                    "transl": _np(pred["pred/global/transl"][0]),
+                    "body_pose": _np(pred["pred/global/body_pose"][0]),
+                    "betas": _np(pred["pred/global/betas"][0, 0]),
+                    "incam_global_orient": _np(pred["pred/incam/global_orient"][0]),
+                    "incam_transl": _np(pred["pred/incam/transl"][0]),
+                    "static_conf_logits": _np(one["static_conf_logits"][0]),
+                    "K": _np(pred["pred/K_fullimg"][0]),
+                }
+            )
+    return results
+
+
+def _noise(seed: int, length: int) -> torch.Tensor:
+    """(length, 151) standard normal x_T of one person, drawn on the CPU (same on every device)."""
+    return torch.randn(length, codec.MOTION_DIM, generator=torch.Generator().manual_seed(seed))
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
