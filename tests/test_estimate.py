@@ -3,18 +3,15 @@ that does not change results, decode with and without a body model."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from models.gem.checkpoint import load_gem
 from models.gem.skeleton import Skeleton
 from stages.estimate import EstimateSettings, PersonInput, estimate_people, span_inputs
+from tests.shared import fixture_dir
 
-SHARED = Path(os.environ.get("GENMOCAP_SHARED") or Path(__file__).resolve().parents[2] / "shared")
-FIX = SHARED / "fixtures" / "gem_parity"
+FIX = fixture_dir("gem_parity")
 pytestmark = pytest.mark.skipif(not FIX.is_dir(), reason=f"GEM parity fixtures not found at {FIX}")
 WH = (640, 480)
 

@@ -8,9 +8,7 @@ static-joint step and IK teacher-forced 1e-4 absolute; masks exact; end-to-end w
 from __future__ import annotations
 
 import math
-import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,15 +21,9 @@ from models.gem.parity_decode import check_decode
 from models.gem.postprocess import static_joint_postprocess
 from models.gem.rollout import gaussian_smooth, static_cam_angvel, world_rollout
 from models.gem.skeleton import Skeleton, fk, fk_from_local
+from tests.shared import fixture_dir
 
-
-def _fixture_dir() -> Path:
-    shared = os.environ.get("GENMOCAP_SHARED")
-    base = Path(shared) if shared else Path(__file__).resolve().parents[2] / "shared"
-    return base / "fixtures" / "gem_parity"
-
-
-FIXTURES = _fixture_dir()
+FIXTURES = fixture_dir("gem_parity")
 BODY_MODEL = FIXTURES / "body_model"
 SCENARIOS = sorted(p.stem for p in FIXTURES.glob("S*.pt")) or ["S1"]
 needs_fixtures = pytest.mark.skipif(

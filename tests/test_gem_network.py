@@ -6,10 +6,8 @@ integers exact; pre-transformer ≤ 1e-5 absolute; transformer, sampler and outp
 
 from __future__ import annotations
 
-import os
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,15 +18,9 @@ from models.gem.dims import DENOISER_PREFIX, GemDims
 from models.gem.network import GemNetwork
 from models.gem.parity_net import GROUPS, check_network, heads_from_manifest
 from models.gem.sampler import ddim_schedule
+from tests.shared import fixture_dir
 
-
-def _fixture_dir() -> Path:
-    shared = os.environ.get("GENMOCAP_SHARED")
-    base = Path(shared) if shared else Path(__file__).resolve().parents[2] / "shared"
-    return base / "fixtures" / "gem_parity"
-
-
-FIXTURES = _fixture_dir()
+FIXTURES = fixture_dir("gem_parity")
 CKPT = FIXTURES / "gem_smpl_reduced.ckpt"
 SCENARIOS = sorted(p.stem for p in FIXTURES.glob("S*.pt")) or ["S1"]
 needs_fixtures = pytest.mark.skipif(

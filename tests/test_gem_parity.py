@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
 from models.gem.parity import main
+from tests.shared import fixture_dir
 
-SHARED = Path(os.environ.get("GENMOCAP_SHARED") or Path(__file__).resolve().parents[2] / "shared")
-FIXTURES = SHARED / "fixtures" / "gem_parity"
+FIXTURES = fixture_dir("gem_parity")
 pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"GEM parity fixtures not found at {FIXTURES}")
 
 
