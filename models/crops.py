@@ -53,15 +53,15 @@ BLUR_KSIZE = 5
 BLUR_FRACTION_BITS = 8  # OpenCV's uint8 Gaussian uses an 8-bit fixed-point kernel
 
 
-def square_boxes(xyxy: torch.Tensor, enlarge: float = 1.2) -> torch.Tensor:
+def square_boxes(xyxy: torch.Tensor, enlarge: float = 1.2, aspect: float = BOX_ASPECT) -> torch.Tensor:
     """GEM's square box (``get_bbx_xys_from_xyxy``) from (N, 4) corner boxes, in float32 like the
     reference: box centre; pad to aspect 192:256 (too wide → taller, then too narrow → wider); ×1.2."""
     b = torch.as_tensor(xyxy, dtype=torch.float32)
     lo, hi = torch.minimum(b[:, :2], b[:, 2:]), torch.maximum(b[:, :2], b[:, 2:])
     centre = (lo + hi) / 2
     w, h = hi[:, 0] - lo[:, 0], hi[:, 1] - lo[:, 1]
-    h = torch.where(w > BOX_ASPECT * h, w / BOX_ASPECT, h)
-    w = torch.where(w < BOX_ASPECT * h, h * BOX_ASPECT, w)
+    h = torch.where(w > aspect * h, w / aspect, h)
+    w = torch.where(w < aspect * h, h * aspect, w)
     return torch.stack([centre[:, 0], centre[:, 1], torch.maximum(h, w) * enlarge], -1)
 
 

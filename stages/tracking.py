@@ -23,8 +23,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from scipy.optimize import linear_sum_assignment
+
+from models.crops import square_boxes
 
 __all__ = [
     "ByteTracker",
@@ -86,7 +89,8 @@ class TrackerSettings(BaseModel):
 
 
 def bbx_xys_from_xyxy(xyxy: np.ndarray, enlarge: float = 1.2, aspect: float = 0.75) -> np.ndarray:
-    """GEM's square box from corner boxes.
+    """GEM's square box from corner boxes (one implementation: ``models.crops.square_boxes``, in float32
+    like the reference, so the pipeline's boxes equal the demo's bit for bit).
 
     Args:
         xyxy: (N, 4) x1, y1, x2, y2 in pixels.
@@ -96,16 +100,8 @@ def bbx_xys_from_xyxy(xyxy: np.ndarray, enlarge: float = 1.2, aspect: float = 0.
         (N, 3) float32 (cx, cy, s): box centre and side of the square crop,
         ``s = enlarge * max(h, w / aspect)``.
     """
-    b = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
-    cx = 0.5 * (b[:, 0] + b[:, 2])
-    cy = 0.5 * (b[:, 1] + b[:, 3])
-    w = b[:, 2] - b[:, 0]
-    h = b[:, 3] - b[:, 1]
-    # Pad the short side to the crop's aspect ratio: too wide -> grow h, then too narrow -> grow w.
-    h = np.where(w > aspect * h, w / aspect, h)
-    w = np.where(w < aspect * h, aspect * h, w)
-    s = enlarge * np.maximum(w, h)
-    return np.stack([cx, cy, s], axis=1).astype(np.float32)
+    b = torch.from_numpy(np.asarray(xyxy, dtype=np.float32).reshape(-1, 4))
+    return square_boxes(b, enlarge, aspect).numpy()
 
 
 def moving_average(x: np.ndarray, window: int) -> np.ndarray:
