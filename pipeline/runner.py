@@ -144,6 +144,7 @@ class ClipRun:
     error: str | None = None
     error_detail: str | None = None
     warnings: list[str] = field(default_factory=list)
+    fingerprint: str | None = None  # of the source, taken once by the probe key (None: unreadable)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -184,7 +185,8 @@ def source_fingerprint(path: Path) -> str:
 
 def _probe_inputs(run: ClipRun) -> dict:
     try:
-        return {"source": source_fingerprint(run.clip.source)}
+        run.fingerprint = source_fingerprint(run.clip.source)
+        return {"source": run.fingerprint}
     except OSError as e:
         raise StageFailure(f"cannot read {run.clip.source}: {e.strerror or e}") from e
 
@@ -350,7 +352,7 @@ def finish_clip(run: ClipRun) -> dict:
         "schema": CLIP_SCHEMA,
         "id": run.clip.id,
         "source": str(run.clip.source),
-        "source_fingerprint": _safe_fingerprint(run.clip.source),
+        "source_fingerprint": run.fingerprint,
         "status": status,
         "error": run.error,
         "warnings": run.warnings,
@@ -374,13 +376,6 @@ def finish_clip(run: ClipRun) -> dict:
         "stages": stages,
         "out": run.clip.id,
     }
-
-
-def _safe_fingerprint(path: Path) -> str | None:
-    try:
-        return source_fingerprint(path)
-    except OSError:
-        return None
 
 
 def process_clip(clip: Clip, ctx: RunContext) -> dict:
