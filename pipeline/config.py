@@ -16,6 +16,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from stages import STAGES
+from stages.estimate import EstimateSettings
+from stages.features import FeaturesSettings
+from stages.keypoints import KeypointsSettings
+from stages.postprocess import PostprocessSettings
 from stages.probe import ProbeSettings
 from stages.track import TrackSettings
 
@@ -72,6 +76,10 @@ class Config(BaseModel):
     probe: ProbeSettings = Field(default_factory=ProbeSettings)
     decode: DecodeSettings = Field(default_factory=DecodeSettings)
     track: TrackSettings = Field(default_factory=TrackSettings)
+    keypoints: KeypointsSettings = Field(default_factory=KeypointsSettings)
+    features: FeaturesSettings = Field(default_factory=FeaturesSettings)
+    estimate: EstimateSettings = Field(default_factory=EstimateSettings)
+    postprocess: PostprocessSettings = Field(default_factory=PostprocessSettings)
 
     def digest(self) -> str:
         """Short hash of the whole config (recorded in clip.json and the report)."""

@@ -7,6 +7,7 @@ call; ``process_clip`` / ``run_batch`` chain them without Prefect (tests, ``run.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 import traceback
@@ -17,11 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline import __version__
 from pipeline.config import Config
 from pipeline.discover import Clip
 from pipeline.progress import Progress
-from pipeline.registry import file_hash, resolve
+from pipeline.registry import cache_dir, file_hash, locate, resolve
 from pipeline.store import (
     Artifact,
     ArtifactStore,
@@ -30,7 +33,8 @@ from pipeline.store import (
     atomic_write_json,
     npz_bytes,
 )
-from stages import STAGES, probe, track
+from stages import STAGES, estimate, features, keypoints, postprocess, probe, track
+from stages.perception import PersonArrays, run_perception
 from stages.track import DetectionsSource, Tracks
 from stages.video import MediaError, VideoInfo, count_samples
 
@@ -39,12 +43,15 @@ CLIP_SCHEMA = "genmocap.clip/1"
 
 # Stages later issues build; until then a clip reports them as skipped with this reason.
 NOT_BUILT = {
-    "keypoints": "not built yet (ViTPose-H keypoints, issue #4)",
-    "features": "not built yet (HMR2 image features, issue #4)",
     "camera": "not built yet (camera motion, issue #5)",
-    "estimate": "not built yet (GEM estimation engine, issue #3)",
-    "postprocess": "not built yet (GEM contact post-process and IK, issue #3)",
     "export": "not built yet (NPZ/FBX/BVH/USD exports, issue #6)",
+}
+
+# Weight roles: (config value "auto" ->) the original checkpoint when it is on disk, else GEM's ONNX export
+# (public, downloaded when online), so a user with internet needs no manual download.
+AUTO_WEIGHTS = {
+    "vitpose": ("vitpose-h-multi-coco.pth", "vitpose_coco17.onnx"),
+    "hmr2": ("epoch=10-step=25000.ckpt", "hmr2.onnx"),
 }
 
 
@@ -72,14 +79,54 @@ class Models:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
+    def _get(self, key: tuple, build: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = build()
+            return self._cache[key]
+
     def detector(self, settings, weights: Path):
         from stages.detect import PersonDetector
 
         key = ("detector", str(weights), self.device, settings.model_dump_json())
-        with self._lock:
-            if key not in self._cache:
-                self._cache[key] = PersonDetector(weights, self.device, settings)
-            return self._cache[key]
+        return self._get(key, lambda: PersonDetector(weights, self.device, settings))
+
+    def image_model(self, kind: str, weights: Path, settings) -> Any:
+        """ViTPose (``kind="vitpose"``) or HMR2 (``"hmr2"``) in eval mode: torch from the original
+        checkpoint, or onnxruntime for an ``.onnx`` file (GEM's published exports)."""
+        key = (kind, str(weights), self.device, settings.model_dump_json())
+
+        def build() -> Any:
+            if weights.suffix == ".onnx":
+                from models.onnx_runner import OnnxModel
+
+                return OnnxModel(weights, self.device)
+            if kind == "vitpose":
+                from models.vitpose import load_vitpose
+
+                return load_vitpose(weights, self.device, num_heads=settings.num_heads, bf16=settings.bf16)
+            from models.hmr2 import load_hmr2
+
+            return load_hmr2(
+                weights,
+                self.device,
+                num_heads=settings.num_heads,
+                decoder_heads=settings.decoder_heads,
+                bf16=settings.bf16,
+            )
+
+        return self._get(key, build)
+
+    def gem(self, weights: Path, num_heads: int | None) -> Any:
+        from models.gem.checkpoint import load_gem
+
+        key = ("gem", str(weights), self.device, num_heads)
+        return self._get(key, lambda: load_gem(weights, self.device, num_heads=num_heads))
+
+    def skeleton(self, path: Path) -> Any:
+        from models.gem.skeleton import Skeleton
+
+        return self._get(("skeleton", str(path)), lambda: Skeleton.from_npz(path))
 
 
 @dataclass
@@ -90,10 +137,16 @@ class RunContext:
     models: Models
     progress: Progress
     detections: DetectionsSource | None = None
+    body_model: Path | None = None  # SMPL-X neutral .npz (licence-gated; optional)
 
     @classmethod
     def create(
-        cls, cfg: Config, out: Path, detections: Path | None = None, progress: Progress | None = None
+        cls,
+        cfg: Config,
+        out: Path,
+        detections: Path | None = None,
+        progress: Progress | None = None,
+        body_model: Path | None = None,
     ) -> RunContext:
         out = Path(out)
         store_root = cfg.run.cache_dir or (out / ".genmocap" / "artifacts")
@@ -104,18 +157,51 @@ class RunContext:
             models=Models(cfg.run.device),
             progress=progress or Progress("off"),
             detections=DetectionsSource(detections) if detections else None,
+            body_model=body_model if body_model is not None else body_model_path(),
         )
 
     def required_weights(self) -> dict[str, str]:
         """Weight files the configured stages need: {role: file name or path}."""
+        cfg = self.cfg
         need = {}
-        until = STAGES.index(self.cfg.run.until)
+        until = STAGES.index(cfg.run.until)
         if until >= STAGES.index("track") and self.detections is None:
-            need["detector"] = self.cfg.track.detector.weights
+            need["detector"] = cfg.track.detector.weights
+        if until >= STAGES.index("keypoints"):
+            need["vitpose"] = _auto_weights("vitpose", cfg.keypoints.weights)
+        if until >= STAGES.index("features") and cfg.features.enabled:
+            need["hmr2"] = _auto_weights("hmr2", cfg.features.weights)
+        if until >= STAGES.index("estimate"):
+            need["gem"] = cfg.estimate.checkpoint
         return need
 
     def weights(self, role: str) -> Path:
         return resolve(self.required_weights()[role])
+
+
+def _auto_weights(role: str, setting: str) -> str:
+    if setting != "auto":
+        return setting
+    original, onnx = AUTO_WEIGHTS[role]
+    return original if locate(original) else onnx
+
+
+def body_model_path() -> Path | None:
+    """The SMPL-X neutral model, if present: $GENMOCAP_BODY_MODEL (file or folder) or the user cache."""
+    candidates = []
+    env = os.environ.get("GENMOCAP_BODY_MODEL")
+    if env:
+        p = Path(env).expanduser()
+        candidates += [p, p / "SMPLX_NEUTRAL.npz", p / "smplx" / "SMPLX_NEUTRAL.npz"]
+    candidates.append(cache_dir() / "body_models" / "smplx" / "SMPLX_NEUTRAL.npz")
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def weights_hash(path: Path) -> str:
+    """Content hash of a weight file; an ONNX graph's external-data sidecar is part of its weights."""
+    h = file_hash(path)
+    data = path.with_name(path.name + ".data")
+    return f"{h}+{file_hash(data)}" if path.suffix == ".onnx" and data.is_file() else h
 
 
 @dataclass
@@ -141,6 +227,7 @@ class ClipRun:
     outcomes: dict[str, StageOutcome] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)  # typed stage results
+    pending: dict[str, Artifact] = field(default_factory=dict)  # computed early by a shared pass
     error: str | None = None
     error_detail: str | None = None
     warnings: list[str] = field(default_factory=list)
@@ -159,6 +246,7 @@ class StageImpl:
     key_inputs: Callable[[ClipRun], dict]  # input fingerprints and weight hashes, for its key
     compute: Callable[[ClipRun], Artifact]
     load: Callable[[Artifact], Any]
+    skip: Callable[[Config], str | None] = lambda cfg: None  # a reason to skip the stage by config
 
 
 def source_fingerprint(path: Path) -> str:
@@ -241,6 +329,150 @@ def _track_compute(run: ClipRun) -> Artifact:
     return Artifact(meta=meta, arrays=arrays)
 
 
+# --- keypoints + features: one pixel pass serves both (the features artifact is kept as pending)
+
+
+def _no_result_fields(settings, *extra: str) -> dict:
+    """A stage's settings for its key, without the ones that do not change results."""
+    d = settings.model_dump(mode="json")
+    for k in ("weights", "batch", *extra):
+        d.pop(k, None)
+    return d
+
+
+def _keypoints_inputs(run: ClipRun) -> dict:
+    return {"vitpose": weights_hash(run.ctx.weights("vitpose"))}
+
+
+def _features_inputs(run: ClipRun) -> dict:
+    return {"hmr2": weights_hash(run.ctx.weights("hmr2"))}
+
+
+def _perception(
+    run: ClipRun, with_keypoints: bool, with_features: bool
+) -> tuple[Artifact | None, Artifact | None]:
+    ctx, cfg = run.ctx, run.ctx.cfg
+    info: VideoInfo = run.results["probe"]
+    tracks: Tracks = run.results["track"]
+    models = ctx.models
+    vitpose = models.image_model("vitpose", ctx.weights("vitpose"), cfg.keypoints) if with_keypoints else None
+    hmr2 = models.image_model("hmr2", ctx.weights("hmr2"), cfg.features) if with_features else None
+    total = len(tracks.sample_frame_index)
+    label = (
+        "keypoints+features"
+        if with_keypoints and with_features
+        else ("keypoints" if with_keypoints else "features")
+    )
+    bar = ctx.progress.stage(run.clip.id, label, total)
+    kp, ft = run_perception(
+        info,
+        tracks,
+        fps=cfg.decode.fps,
+        chunk_frames=cfg.decode.chunk_frames,
+        device=models.device,
+        vitpose=vitpose,
+        keypoints=cfg.keypoints,
+        hmr2=hmr2,
+        features=cfg.features,
+        progress=bar,
+        total=total,
+    )
+    return tuple(None if r is None else Artifact(*r.to_arrays()) for r in (kp, ft))  # type: ignore[return-value]
+
+
+def _keypoints_compute(run: ClipRun) -> Artifact:
+    # Also compute the features in the same decode when that stage will run and is not cached.
+    cfg = run.ctx.cfg
+    with_features = False
+    if cfg.features.enabled and STAGES.index(cfg.run.until) >= STAGES.index("features"):
+        key = stage_key(run, "features")
+        with_features = not run.ctx.store.has("features", key)
+    kp, ft = _perception(run, True, with_features)
+    if ft is not None:
+        run.pending["features"] = ft
+    assert kp is not None
+    return kp
+
+
+def _features_compute(run: ClipRun) -> Artifact:
+    if "features" in run.pending:
+        return run.pending.pop("features")
+    ft = _perception(run, False, True)[1]
+    assert ft is not None
+    return ft
+
+
+# --- estimate + postprocess
+
+
+def _estimate_inputs(run: ClipRun) -> dict:
+    return {"gem": weights_hash(run.ctx.weights("gem"))}
+
+
+def _estimate_compute(run: ClipRun) -> Artifact:
+    ctx, cfg = run.ctx, run.ctx.cfg
+    tracks: Tracks = run.results["track"]
+    kp: PersonArrays | None = run.results.get("keypoints")
+    ft: PersonArrays | None = run.results.get("features")
+    people = []
+    for p in tracks.people:
+        f = ft.arrays[p.person_id]["f_imgseq"] if ft is not None else None
+        people.append(
+            estimate.PersonInput(
+                person_id=p.person_id,
+                sample_index=p.sample_index,
+                bbx_xys=p.bbx_xys,
+                kp2d=kp.arrays[p.person_id]["kp2d"] if kp is not None else None,
+                f_imgseq=f,
+                has_img=None if f is None else np.ones(len(p.sample_index), bool),
+            )
+        )
+    net = ctx.models.gem(ctx.weights("gem"), cfg.estimate.num_heads)
+    ctx.progress.stage(run.clip.id, "estimate")
+    results = estimate.estimate_people(net, people, tracks.image_wh, cfg.estimate, skeleton=None)
+    meta = {"people": [p.person_id for p in people], "features": ft is not None, "camera": "static"}
+    arrays = {
+        f"person_{p.person_id}/{k}": v for p, r in zip(people, results, strict=True) for k, v in r.items()
+    }
+    return Artifact(meta=meta, arrays=arrays)
+
+
+def _postprocess_inputs(run: ClipRun) -> dict:
+    bm = run.ctx.body_model
+    return {"body_model": file_hash(bm) if bm else None}
+
+
+def _postprocess_compute(run: ClipRun) -> Artifact:
+    ctx, cfg = run.ctx, run.ctx.cfg
+    est: PersonArrays = run.results["estimate"]
+    skeleton = ctx.models.skeleton(ctx.body_model) if ctx.body_model else None
+    people = [
+        postprocess.refine_person(est.arrays[pid], skeleton, cfg.postprocess.contact_ik)
+        for pid in sorted(est.arrays)
+    ]
+    info: dict = {"body_model": bool(skeleton), "contact_ik": bool(skeleton) and cfg.postprocess.contact_ik}
+    if cfg.postprocess.shared_world:
+        people, placed = postprocess.place_in_clip_frame(people, None, skeleton)
+        info.update(placed)
+    info["contact_joints"] = list(postprocess.CONTACT_JOINTS)
+    keep = (
+        "sample_index",
+        "present",
+        "global_orient",
+        "transl",
+        "body_pose",
+        "betas",
+        "incam_global_orient",
+        "incam_transl",
+        "contacts",
+        "K",
+    )
+    arrays = {
+        f"person_{pid}/{k}": r[k] for pid, r in zip(sorted(est.arrays), people, strict=True) for k in keep
+    }
+    return Artifact(meta={"people": sorted(est.arrays), **info}, arrays=arrays)
+
+
 STAGE_IMPL: dict[str, StageImpl] = {
     "probe": StageImpl(
         version=probe.VERSION,
@@ -258,7 +490,63 @@ STAGE_IMPL: dict[str, StageImpl] = {
         compute=_track_compute,
         load=lambda a: Tracks.from_arrays(a.meta, a.arrays),
     ),
+    "keypoints": StageImpl(
+        version=keypoints.VERSION,
+        needs=("track",),
+        config=lambda cfg: {
+            "keypoints": _no_result_fields(cfg.keypoints),
+            "decode": cfg.decode.model_dump(mode="json"),
+        },
+        key_inputs=_keypoints_inputs,
+        compute=_keypoints_compute,
+        load=lambda a: PersonArrays.from_arrays(a.meta, a.arrays),
+    ),
+    "features": StageImpl(
+        version=features.VERSION,
+        needs=("track",),
+        config=lambda cfg: {
+            "features": _no_result_fields(cfg.features, "enabled"),
+            "decode": cfg.decode.model_dump(mode="json"),
+        },
+        key_inputs=_features_inputs,
+        compute=_features_compute,
+        load=lambda a: PersonArrays.from_arrays(a.meta, a.arrays),
+        skip=lambda cfg: (
+            None
+            if cfg.features.enabled
+            else "disabled (features.enabled=false): GEM runs without image features"
+        ),
+    ),
+    "estimate": StageImpl(
+        version=estimate.VERSION,
+        needs=("track", "keypoints", "features", "camera"),
+        config=lambda cfg: {"estimate": _no_result_fields(cfg.estimate, "checkpoint", "batch_people")},
+        key_inputs=_estimate_inputs,
+        compute=_estimate_compute,
+        load=lambda a: PersonArrays.from_arrays(a.meta, a.arrays),
+    ),
+    "postprocess": StageImpl(
+        version=postprocess.VERSION,
+        needs=("estimate",),
+        config=lambda cfg: {"postprocess": cfg.postprocess.model_dump(mode="json")},
+        key_inputs=_postprocess_inputs,
+        compute=_postprocess_compute,
+        load=lambda a: PersonArrays.from_arrays(a.meta, a.arrays),
+    ),
 }
+
+
+def stage_key(run: ClipRun, name: str) -> str:
+    """The artifact key of one stage of one clip (upstream stages that did not run this time, e.g. disabled
+    features, are simply absent from it)."""
+    impl = STAGE_IMPL[name]
+    return artifact_key(
+        name,
+        impl.version,
+        impl.config(run.ctx.cfg),
+        upstream={u: run.keys[u] for u in impl.needs if u in run.keys},
+        inputs=impl.key_inputs(run),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -288,16 +576,11 @@ def run_stage(run: ClipRun, name: str) -> StageOutcome:
         out = StageOutcome("skipped", reason=f"after --until {until}")
     elif impl is None:
         out = StageOutcome("skipped", reason=NOT_BUILT[name])
+    elif reason := impl.skip(ctx.cfg):
+        out = StageOutcome("skipped", reason=reason)
     else:
         try:
-            inputs = impl.key_inputs(run)
-            key = artifact_key(
-                name,
-                impl.version,
-                impl.config(ctx.cfg),
-                upstream={u: run.keys[u] for u in impl.needs},
-                inputs=inputs,
-            )
+            key = stage_key(run, name)
             art = ctx.store.load(name, key)
             status = "cached"
             if art is None:

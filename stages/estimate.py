@@ -134,7 +134,9 @@ def estimate_people(
     Returns, per person, float32 arrays over its span of L samples: ``sample_index`` (L,), ``present``
     (L,) bool, ``global_orient`` / ``transl`` (L, 3) world (y up, metres), ``body_pose`` (L, 63),
     ``betas`` (10,), ``incam_global_orient`` / ``incam_transl`` (L, 3) camera frame (OpenCV),
-    ``static_conf_logits`` (L, 6), ``K`` (L, 3, 3).
+    ``static_conf_logits`` (L, 6), ``K`` (L, 3, 3); and the raw network outputs with the decode inputs
+    ``pred_x`` (L, 151), ``pred_cam`` (L, 3), ``bbx_xys`` (L, 3), ``cam_angvel`` (L, 6). With ``skeleton``
+    None the contact post-process and IK are skipped (see :mod:`stages.postprocess`).
     """
     results: list[dict[str, np.ndarray]] = []
     device = net.device
@@ -177,6 +179,11 @@ def estimate_people(
                     "incam_transl": _np(pred["pred/incam/transl"][0]),
                     "static_conf_logits": _np(one["static_conf_logits"][0]),
                     "K": _np(pred["pred/K_fullimg"][0]),
+                    # what the postprocess stage needs to decode again with the body model
+                    "pred_x": _np(one["pred_x"][0]),
+                    "pred_cam": _np(one["pred_cam"][0]),
+                    "bbx_xys": _np(inp["bbx_xys"]),
+                    "cam_angvel": _np(inp["cam_angvel"]),
                 }
             )
     return results

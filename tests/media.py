@@ -54,6 +54,30 @@ def default_people(size: tuple[int, int]) -> list[Box]:
     ]
 
 
+def box_at(b: Box, t: np.ndarray) -> np.ndarray:
+    """(T,4) xyxy of a drawn box at times t (stored picture coordinates)."""
+    x1 = b.x + b.vx * t
+    y1 = b.y + b.vy * t
+    return np.stack([x1, y1, x1 + b.w, y1 + b.h], axis=1)
+
+
+def _rot90_cw(xyxy: np.ndarray, stored_h: int) -> np.ndarray:
+    """Boxes of the stored picture -> boxes of the picture displayed after a 90 degree clockwise turn."""
+    x1, y1, x2, y2 = xyxy.T
+    return np.stack([stored_h - y2, x1, stored_h - y1, x2], axis=1)
+
+
+def detection_rows(people: list[Box], times: np.ndarray, rot_h: int | None = None) -> list[dict]:
+    rows = []
+    for b in people:
+        boxes = box_at(b, times)
+        if rot_h is not None:
+            boxes = _rot90_cw(boxes, rot_h)
+        for f, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+            rows.append({"frame": f, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": 0.9})
+    return rows
+
+
 def _run(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:

@@ -19,36 +19,21 @@ from pipeline.config import load_config
 from pipeline.discover import discover
 from pipeline.runner import RunContext, run_batch
 from stages import STAGES
-from tests.media import Box, default_people, ffmpeg_available, make_bad_inputs, make_clip, vfr_kept_frames
+from tests.media import (
+    Box,
+    box_at,
+    default_people,
+    detection_rows,
+    ffmpeg_available,
+    make_bad_inputs,
+    make_clip,
+    vfr_kept_frames,
+)
 
 pytestmark = pytest.mark.skipif(not ffmpeg_available(), reason="ffmpeg/ffprobe not installed")
 REPO = Path(__file__).resolve().parents[1]
 
 SIZE = (320, 240)
-
-
-def _box_at(b: Box, t: np.ndarray) -> np.ndarray:
-    """(T,4) xyxy of a drawn box at times t (stored picture coordinates)."""
-    x1 = b.x + b.vx * t
-    y1 = b.y + b.vy * t
-    return np.stack([x1, y1, x1 + b.w, y1 + b.h], axis=1)
-
-
-def _rot90_cw(xyxy: np.ndarray, stored_h: int) -> np.ndarray:
-    """Boxes of the stored picture -> boxes of the picture displayed after a 90 degree clockwise turn."""
-    x1, y1, x2, y2 = xyxy.T
-    return np.stack([stored_h - y2, x1, stored_h - y1, x2], axis=1)
-
-
-def _rows(people: list[Box], times: np.ndarray, rot_h: int | None = None) -> list[dict]:
-    rows = []
-    for b in people:
-        boxes = _box_at(b, times)
-        if rot_h is not None:
-            boxes = _rot90_cw(boxes, rot_h)
-        for f, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
-            rows.append({"frame": f, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": 0.9})
-    return rows
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +47,22 @@ def corpus(tmp_path_factory):
     for name, fps in [("good30.mp4", 30), ("good60.mov", 60), ("good24.mkv", 24)]:
         make_clip(root / name, seconds=2.0, fps=fps, size=SIZE, people=people)
         t = np.arange(int(2.0 * fps)) / fps
-        det[Path(name).stem] = _rows(people, t)
+        det[Path(name).stem] = detection_rows(people, t)
         truth[Path(name).stem] = (people, t)
     make_clip(root / "vfr_people.mp4", seconds=3.0, fps=30, size=SIZE, people=people, vfr=True)
     t = vfr_kept_frames(3.0, 30) / 30.0
-    det["vfr_people"] = _rows(people, t)
+    det["vfr_people"] = detection_rows(people, t)
     truth["vfr_people"] = (people, t)
 
     bad = make_bad_inputs(root / "bad")
     shutil.copy(bad.pop("audio_only"), root / "bad" / "audio_only.mp4")  # audio-only under a video name
     (root / "bad" / "audio_only.m4a").unlink()
     small_people = default_people((160, 120))
-    det["rotated"] = _rows(small_people, np.arange(30) / 30.0, rot_h=120)
+    det["rotated"] = detection_rows(small_people, np.arange(30) / 30.0, rot_h=120)
     det["no_person"] = []
-    det["corrupt"] = _rows(small_people, np.arange(60) / 30.0)  # boxes given: the decode must fail first
+    det["corrupt"] = detection_rows(
+        small_people, np.arange(60) / 30.0
+    )  # boxes given: the decode must fail first
     dets = root.parent / f"{root.name}-detections.json"
     dets.write_text(json.dumps(det))
     return root, dets, truth
@@ -147,7 +134,7 @@ def test_folder_statuses_tracks_and_cache(corpus, tmp_path):
         for pid in (0, 1):
             fi = z[f"person_{pid}/frame_index"]
             xyxy = z[f"person_{pid}/xyxy"]
-            errs = [np.abs(xyxy - _box_at(b, t_src[fi])).max() for b in people]
+            errs = [np.abs(xyxy - box_at(b, t_src[fi])).max() for b in people]
             assert min(errs) < 6.0, (stem, pid, errs)  # smoothing bends only the ends of linear motion
             bbx = z[f"person_{pid}/bbx_xys"]
             w, h = xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]

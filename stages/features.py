@@ -1,0 +1,28 @@
+"""Stage ``features``: HMR2's 1024-D ``token_out`` image feature per (sample, person), GEM's ``f_imgseq``.
+
+The work runs in the shared pixel pass of :mod:`stages.perception`; this module holds the stage's settings
+and version. ``enabled: false`` skips HMR2 entirely and GEM runs in its no-image-feature mode (every
+``has_img_mask`` False), which is faster and somewhat less accurate on body shape and hard poses.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+VERSION = "1"
+
+
+class FeaturesSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="false: no HMR2; GEM runs without image features")
+    weights: str = Field(
+        "auto",
+        description="HMR2 weights: registry name or path (.ckpt: torch; .onnx: onnxruntime). auto: "
+        "epoch=10-step=25000.ckpt when it is on disk, else GEM's ONNX export hmr2.onnx (downloaded)",
+    )
+    num_heads: int | None = Field(None, ge=1, description="backbone attention heads (None: ViT-H's 16)")
+    decoder_heads: int | None = Field(None, ge=1, description="SMPL-head decoder heads (None: 8)")
+    blur: bool = Field(True, description="GEM's anti-alias blur of strongly downscaled crops")
+    batch: int = Field(32, ge=1, le=4096, description="person crops per network pass (not a result)")
+    bf16: bool = Field(False, description="bf16 autocast (CUDA, torch backend only)")

@@ -1,0 +1,33 @@
+"""Stage ``keypoints``: COCO-17 2D keypoints per (sample, person) from ViTPose-H with GEM's flip test.
+
+The work itself runs in the shared pixel pass of :mod:`stages.perception` (one decode for keypoints and
+features); this module holds the stage's settings and version.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+VERSION = "1"
+
+
+class KeypointsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    weights: str = Field(
+        "auto",
+        description="ViTPose weights: registry name or path (.pth: torch; .onnx: onnxruntime). auto: "
+        "vitpose-h-multi-coco.pth when it is on disk, else GEM's ONNX export vitpose_coco17.onnx "
+        "(downloaded when online)",
+    )
+    num_heads: int | None = Field(None, ge=1, description="backbone attention heads (None: ViT-H's 16)")
+    flip_test: bool = Field(True, description="average with the flipped crop, as the reference does")
+    confidence: Literal["sigmoid", "raw"] = Field(
+        "sigmoid",
+        description="sigmoid(heatmap max): GEM's convention, what its visibility threshold 0.5 expects; "
+        "raw: the plain heatmap maximum",
+    )
+    batch: int = Field(32, ge=1, le=4096, description="person crops per network pass (not a result)")
+    bf16: bool = Field(False, description="bf16 autocast (CUDA, torch backend only)")
