@@ -122,8 +122,10 @@ def run_perception(
                 (p.sample_index >= chunk.sample_index[0]) & (p.sample_index <= chunk.sample_index[-1])
             )
             items += [(p.person_id, int(i), rows_of_sample[int(p.sample_index[i])]) for i in pos]
-        if items:
-            _run_items(chunk.frames, items, tracks, tasks, device, hmr2 is not None, blur)
+        # crops of at most `group` items exist at once (~1.4 MB each for both models), whatever the crowd
+        group = max(128, *(t.batch for t in tasks.values()))
+        for a in range(0, len(items), group):
+            _run_items(chunk.frames, items[a : a + group], tracks, tasks, device, hmr2 is not None, blur)
             for pid, i, _ in items:
                 filled[pid][i] = True
         done += len(chunk)

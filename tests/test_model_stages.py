@@ -237,3 +237,20 @@ def test_place_in_clip_frame_recovers_a_known_layout():
     for p, (R_clip, pelvis) in zip(placed, truth, strict=True):
         np.testing.assert_allclose(p["transl"], pelvis, atol=1e-5)
         np.testing.assert_allclose(_R(p["global_orient"]), R_clip, atol=1e-5)
+
+
+def test_onnx_backend_gives_the_torch_results(full, clip, tmp_path):
+    """The same reduced models exported to ONNX (GEM's signature) run through onnxruntime in the stages."""
+    from models.onnx_runner import export_onnx
+
+    doc, ctx = full
+    vit = export_onnx(load_vitpose(VITPOSE, num_heads=4), tmp_path / "vitpose.onnx")
+    hmr = export_onnx(load_hmr2(HMR2, num_heads=4, decoder_heads=4), tmp_path / "hmr2.onnx")
+    doc2, ctx2 = _run(
+        clip, tmp_path / "out", "features", [f"keypoints.weights={vit}", f"features.weights={hmr}"]
+    )
+    assert doc2["artifacts"]["keypoints"] != doc["artifacts"]["keypoints"]  # other weight file, other key
+    for stage, name, tol in (("keypoints", "kp2d", 1e-3), ("features", "f_imgseq", 1e-3)):
+        a, b = _artifact(ctx, doc, stage).arrays, _artifact(ctx2, doc2, stage).arrays
+        for pid in (0, 1):
+            np.testing.assert_allclose(b[f"person_{pid}/{name}"], a[f"person_{pid}/{name}"], atol=tol)
