@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.genmocap-installed
 ARGS   ?=
 
-.PHONY: setup run test lint system-deps clean
+.PHONY: setup run test lint system-deps test-deps clean
 
 setup: system-deps $(STAMP)
 
@@ -18,6 +18,12 @@ system-deps:
 	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null; \
 	  else echo "ffmpeg missing: sudo apt-get install ffmpeg" >&2; exit 1; fi; }
+
+# assimp (an FBX reader independent of Blender) for the export round-trip tests only.
+test-deps:
+	@command -v assimp >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq assimp-utils >/dev/null; \
+	  else echo "assimp missing (export tests): sudo apt-get install assimp-utils" >&2; exit 1; fi; }
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; assert sys.version_info[:2] == (3, 11), "genmocap needs CPython 3.11 (bpy 4.5 LTS)"'
@@ -34,7 +40,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: setup lint
+test: setup test-deps lint
 	$(BIN)/python -m pytest -q
 
 clean:

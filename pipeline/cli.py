@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -21,9 +20,9 @@ from pipeline import __version__
 from pipeline.config import ConfigError, dump_default_yaml, load_config
 from pipeline.discover import Clip, DiscoveryError, discover
 from pipeline.progress import Progress
-from pipeline.registry import REGISTRY, MissingWeightsError, download, locate, resolve, search_dirs
+from pipeline.registry import MissingWeightsError, fetch_all, resolve, search_dirs
 from pipeline.registry import status as weights_status
-from pipeline.runner import RunContext, run_batch, summary_text
+from pipeline.runner import RunContext, body_model_path, run_batch, summary_text
 from stages import STAGES
 
 Orchestrator = Callable[[list[Clip], RunContext], dict]
@@ -61,10 +60,39 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
 
     m = sub.add_parser("models", help="list weight files, where they are looked for, and their status")
-    m.add_argument("action", nargs="?", choices=["list", "fetch"], default="list")
+    m.add_argument(
+        "action",
+        nargs="?",
+        choices=["list", "fetch"],
+        default="list",
+        help="list (default); fetch: download every file with a public source that is not present yet "
+        "(YOLO; GEM's gem_smpl.ckpt and ONNX exports of ViTPose-H and HMR2 from huggingface.co/nvidia/GEM-X)",
+    )
     m.add_argument("--json", action="store_true")
 
     sub.add_parser("config", help="print the default config as YAML")
+
+    e = sub.add_parser(
+        "export",
+        help="re-export FBX/BVH/USD from existing smpl.npz results (nothing is re-run)",
+        description="Write motion.fbx/.bvh/.usda for each smpl.npz (or every smpl.npz under a folder). "
+        "The clip's camera_world.npz, when present, is added to FBX and USD.",
+    )
+    e.add_argument("inputs", nargs="+", metavar="SMPL_NPZ", help="smpl.npz files or folders holding them")
+    e.add_argument(
+        "--body-model", type=Path, help="SMPLX_NEUTRAL.npz or its folder (default: $GENMOCAP_BODY_MODEL)"
+    )
+    e.add_argument("--out", type=Path, help="output folder (<out>/<clip>/<person>/; default: beside inputs)")
+    e.add_argument("--formats", default="fbx,bvh,usd", help="comma-separated: fbx, bvh, usd (default all)")
+    e.add_argument("--root-motion", choices=["world", "in_place"], default="world")
+    e.add_argument("--up", choices=["y", "z"], default="y")
+    e.add_argument("--units", choices=["cm", "m"], default="cm")
+    e.add_argument("--hands", action="store_true", help="add jaw, eye and finger joints (at rest)")
+    e.add_argument("--mesh", action="store_true", help="add the skinned SMPL-X mesh (FBX, USD)")
+    e.add_argument("--no-camera", action="store_true", help="leave the solved camera out")
+    e.add_argument("--usd-format", choices=["usda", "usdc"], default="usda")
+    e.add_argument("--verify", action="store_true", help="read every file back, report the max joint error")
+    e.add_argument("--json", action="store_true", help="print the results as JSON")
     return p
 
 
@@ -76,6 +104,8 @@ def main(argv: list[str] | None = None, orchestrators: dict[str, Orchestrator] |
         return cmd_doctor(args)
     if args.command == "models":
         return cmd_models(args)
+    if args.command == "export":
+        return cmd_export(args)
     print(dump_default_yaml(), end="")
     return EXIT_OK
 
@@ -127,19 +157,6 @@ def _tool_version(exe: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.splitlines()[0] if out else path
-
-
-def body_model_path() -> Path | None:
-    """The SMPL-X neutral model, if present: $GENMOCAP_BODY_MODEL (file or folder) or the user cache."""
-    from pipeline.registry import cache_dir
-
-    candidates = []
-    env = os.environ.get("GENMOCAP_BODY_MODEL")
-    if env:
-        p = Path(env).expanduser()
-        candidates += [p, p / "SMPLX_NEUTRAL.npz", p / "smplx" / "SMPLX_NEUTRAL.npz"]
-    candidates.append(cache_dir() / "body_models" / "smplx" / "SMPLX_NEUTRAL.npz")
-    return next((c for c in candidates if c.is_file()), None)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -195,15 +212,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     if args.action == "fetch":
+        # every file with a public source (YOLO, GEM's checkpoint and ONNX exports); present ones are kept
         rc = EXIT_OK
-        for spec in REGISTRY.values():
-            if locate(spec.filename) or not spec.url:
-                continue
-            try:
-                print(f"{spec.filename}: {download(spec)}")
-            except MissingWeightsError as e:
-                _err(str(e))
+        for name, path, error in fetch_all():
+            if error:  # the whole message once, then one line per file (offline, every file fails alike)
+                _err(error if rc == EXIT_OK else f"{name}: {error.splitlines()[-1].strip()}")
                 rc = EXIT_CLIP_FAILED
+            else:
+                print(f"{name}: {path}")
         return rc
     rows = weights_status()
     if args.json:
@@ -211,10 +227,90 @@ def cmd_models(args: argparse.Namespace) -> int:
         return EXIT_OK
     print("looked for (in order): the path as given, " + ", ".join(str(d) for d in search_dirs()))
     for r in rows:
+        size = f" (~{r['size_mb'] / 1000:.1f} GB)" if r["size_mb"] and r["size_mb"] >= 1000 else ""
         state = r["path"] or (
-            "not present (downloadable: genmocap models fetch)" if r["downloadable"] else "not present"
+            f"not present{size} (downloadable: genmocap models fetch)" if r["downloadable"] else "not present"
         )
+        if r["path"] and r["hash_check"] == "changed":
+            state += f" (contents differ from the sha256 {r['sha256'][:12]}... expected)"
         print(f"{r['stage']:<10} {r['file']:<28} {state}")
         if not r["path"]:
             print(f"{'':<10} how to get it: {r['how_to_get']}")
     return EXIT_OK
+
+
+def _smpl_inputs(inputs: list[str]) -> list[Path]:
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found += sorted(q for q in p.rglob("smpl.npz") if ".genmocap" not in q.parts)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {item}")
+    return list(dict.fromkeys(found))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Re-export existing results: 0 every file written, 1 some failed, 2 usage error or no body model."""
+    from pydantic import ValidationError
+
+    from models.body_model import BodyModel, BodyModelError
+    from stages.export import CAMERA_FILE, ExportSettings, export_files
+
+    try:
+        settings = ExportSettings(
+            formats=[f.strip() for f in args.formats.split(",") if f.strip()],
+            root_motion=args.root_motion,
+            up=args.up,
+            units=args.units,
+            hands=args.hands,
+            mesh=args.mesh,
+            camera=not args.no_camera,
+            usd_format=args.usd_format,
+        )
+    except ValidationError as e:
+        _err(f"invalid option: {'; '.join(str(x['msg']) for x in e.errors())} (--formats {args.formats})")
+        return EXIT_USAGE
+    bm_path = args.body_model or body_model_path()
+    if bm_path is None:
+        _err(
+            "no SMPL-X body model: pass --body-model or set GENMOCAP_BODY_MODEL to SMPLX_NEUTRAL.npz "
+            "(licence-gated: register at the SMPL-X website)"
+        )
+        return EXIT_USAGE
+    try:
+        body = BodyModel.load(bm_path)
+        inputs = _smpl_inputs(args.inputs)
+    except (BodyModelError, FileNotFoundError) as e:
+        _err(str(e))
+        return EXIT_USAGE
+    if not inputs:
+        _err(f"no smpl.npz found in {' '.join(args.inputs)}")
+        return EXIT_USAGE
+    results = []
+    failed = False
+    for npz in inputs:
+        person_dir = npz.parent if args.out is None else args.out / npz.parent.parent.name / npz.parent.name
+        camera = npz.parent.parent / CAMERA_FILE
+        try:
+            cam = camera if camera.is_file() else None
+            res = export_files(npz, person_dir, settings, body, camera=cam, verify=args.verify)
+        except Exception as e:  # unreadable or not a genmocap result: that input fails, the others go on
+            _err(f"{npz}: {e}")
+            failed = True
+            results.append({"input": str(npz), "error": str(e)})
+            continue
+        failed = failed or bool(res.failed)
+        results.append({"input": str(npz), **res.to_dict()})
+        if not args.json:
+            line = f"{person_dir}: " + (", ".join(res.files) or "nothing written")
+            if res.verified:
+                line += "  (max error " + ", ".join(f"{k} {v:.4f} mm" for k, v in res.verified.items()) + ")"
+            print(line)
+            for fmt, why in res.failed.items():
+                print(f"  {fmt} not written: {why}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return EXIT_CLIP_FAILED if failed else EXIT_OK

@@ -16,7 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from stages import STAGES
+from stages.camera import CameraSettings
 from stages.estimate import EstimateSettings
+from stages.export import ExportSettings
 from stages.features import FeaturesSettings
 from stages.keypoints import KeypointsSettings
 from stages.postprocess import PostprocessSettings
@@ -78,8 +80,10 @@ class Config(BaseModel):
     track: TrackSettings = Field(default_factory=TrackSettings)
     keypoints: KeypointsSettings = Field(default_factory=KeypointsSettings)
     features: FeaturesSettings = Field(default_factory=FeaturesSettings)
+    camera: CameraSettings = Field(default_factory=CameraSettings)
     estimate: EstimateSettings = Field(default_factory=EstimateSettings)
     postprocess: PostprocessSettings = Field(default_factory=PostprocessSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
 
     def digest(self) -> str:
         """Short hash of the whole config (recorded in clip.json and the report)."""

@@ -5,24 +5,61 @@ Resolution order for a name such as ``yolov8x.pt``:
 2. each folder of ``$GENMOCAP_WEIGHTS`` (``os.pathsep``-separated);
 3. the user cache ``$XDG_CACHE_HOME/genmocap/weights`` (default ``~/.cache/genmocap/weights``);
 4. a download into the user cache when the file has a public URL and downloads are allowed.
-A file that cannot be found raises ``MissingWeightsError`` naming the file, where it goes and how to get it.
-Weights never enter the repository.
+A file that cannot be found raises ``MissingWeightsError`` naming the file, the folders searched and how to
+get it. Weights never enter the repository.
+
+Public sources: YOLO from the Ultralytics release assets; GEM's checkpoint and GEM's ONNX exports of ViTPose-H
+and HMR2 from the Hugging Face repository ``nvidia/GEM-X`` (``gem_smpl.ckpt``, ``gem_smpl/onnx/*``;
+``$HF_ENDPOINT`` replaces ``https://huggingface.co`` for a mirror). An ONNX export larger than 2 GB comes as
+two files, ``<name>.onnx`` and its external-data sidecar ``<name>.onnx.data``, which must lie in the same
+folder: resolving the ``.onnx`` also fetches (or demands) the sidecar next to it.
+
+Hashes: a file with a pinned sha256 is checked when downloaded. Any other registered file has its sha256
+recorded on first use (download or first hash), per file name, in ``<cache>/recorded_sha256.json``; a later
+file of that name with other contents is reported (logged warning) and the record updated. Artifact keys
+hash the weight files themselves (:func:`file_hash`), so a changed file never reuses stale results.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
+import logging
 import os
 import threading
 import urllib.error
 import urllib.request
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import __version__
 from pipeline.store import atomic_write_json
 
+log = logging.getLogger(__name__)
+
 _ULTRA = "https://github.com/ultralytics/assets/releases/download/v8.3.0/"
+HF_HOME_URL = "https://huggingface.co"
+GEM_HUB_REPO = "nvidia/GEM-X"
+# The design notes name no commit of the hub repository, so files come from its main branch; the sha256
+# recorded on first use notices when one changes there.
+GEM_HUB_REVISION = "main"
+GEM_HUB_ONNX = "gem_smpl/onnx"
+
+
+def hub_url(path: str, repo: str = GEM_HUB_REPO, revision: str = GEM_HUB_REVISION) -> str:
+    """Download address of ``path`` in a Hugging Face model repository (plain HTTPS, no client library)."""
+    return f"{HF_HOME_URL}/{repo}/resolve/{revision}/{path}"
+
+
+def source_url(url: str) -> str:
+    """``url`` with the hub host replaced by ``$HF_ENDPOINT`` when that is set (mirrors, air-gapped hubs)."""
+    endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/")
+    if endpoint and url.startswith(HF_HOME_URL + "/"):
+        return endpoint + url[len(HF_HOME_URL) :]
+    return url
 
 
 @dataclass(frozen=True)
@@ -35,6 +72,7 @@ class WeightSpec:
     licence: str
     sha256: str | None = None  # pinned when known
     size_mb: float | None = None
+    sidecar: str | None = None  # a file that must lie in the same folder (ONNX external data)
 
 
 def _yolo(name: str, size_mb: float) -> WeightSpec:
@@ -48,6 +86,28 @@ def _yolo(name: str, size_mb: float) -> WeightSpec:
         licence="AGPL-3.0 (Ultralytics; commercial licence sold separately)",
         size_mb=size_mb,
     )
+
+
+def _gem_onnx(stem: str, stage: str, description: str, licence: str, data_mb: float) -> list[WeightSpec]:
+    """GEM's published ONNX export ``<stem>.onnx`` and its external-data sidecar ``<stem>.onnx.data``."""
+    graph, data = f"{stem}.onnx", f"{stem}.onnx.data"
+    how = (
+        "downloaded automatically when online (`genmocap models fetch`) from the Hugging Face repository "
+        f"{GEM_HUB_REPO}, folder {GEM_HUB_ONNX}; by hand: download {graph} and {data} from there and put "
+        "both in the same weights folder"
+    )
+    return [
+        WeightSpec(graph, stage, description, hub_url(f"{GEM_HUB_ONNX}/{graph}"), how, licence, sidecar=data),
+        WeightSpec(
+            data,
+            stage,
+            f"weights of {graph} (ONNX external data; must lie next to it)",
+            hub_url(f"{GEM_HUB_ONNX}/{data}"),
+            how,
+            licence,
+            size_mb=data_mb,  # approximate: parameters x 4 bytes (perception-stages.md §0)
+        ),
+    ]
 
 
 REGISTRY: dict[str, WeightSpec] = {
@@ -77,13 +137,28 @@ REGISTRY: dict[str, WeightSpec] = {
             "MIT (4D-Humans)",
             size_mb=2700.0,
         ),
+        *_gem_onnx(
+            "vitpose_coco17",
+            "keypoints",
+            "GEM's ONNX export of ViTPose-H COCO-17 (imgs (B,3,256,192) -> heatmaps (B,17,64,48))",
+            "Apache-2.0 ViTPose weights, as published in nvidia/GEM-X (see its model card)",
+            2550.0,
+        ),
+        *_gem_onnx(
+            "hmr2",
+            "features",
+            "GEM's ONNX export of HMR2.0a to token_out (imgs (B,3,256,256) -> f_imgseq (B,1024))",
+            "MIT 4D-Humans weights, as published in nvidia/GEM-X (see its model card)",
+            2680.0,
+        ),
         WeightSpec(
             "gem_smpl.ckpt",
             "estimate",
             "GEM (GENMO) estimation-mode denoiser",
-            None,
-            "download from NVIDIA's GEM release (see README, 'Weights')",
-            "NVIDIA licence of the GEM release",
+            hub_url("gem_smpl.ckpt"),
+            "downloaded automatically when online (`genmocap models fetch`) from the Hugging Face repository "
+            f"{GEM_HUB_REPO} (file gem_smpl.ckpt), or download it there by hand",
+            f"NVIDIA's licence of the GEM release (see the {GEM_HUB_REPO} model card)",
         ),
         WeightSpec(
             "droid.pth",
@@ -114,46 +189,78 @@ def search_dirs() -> list[Path]:
     return dirs + [cache_dir() / "weights"]
 
 
-def locate(name: str) -> Path | None:
-    """The local file for ``name`` (a path or a registry file name), or None."""
+def _candidates(name: str) -> Iterator[Path]:
     p = Path(name).expanduser()
     if p.is_file():
-        return p.resolve()
+        yield p.resolve()
+        return
     if p.name != name:  # a path with folders that does not exist: nothing else to search
-        return None
+        return
     for d in search_dirs():
         if (d / name).is_file():
-            return (d / name).resolve()
-    return None
+            yield (d / name).resolve()
+
+
+def locate(name: str) -> Path | None:
+    """The local file for ``name`` (a path or a registry file name), or None.
+
+    For a file with a sidecar (an ONNX graph and its ``.onnx.data``), the first folder holding both wins over
+    an earlier one holding the graph alone.
+    """
+    found = list(_candidates(name))
+    if not found:
+        return None
+    spec = REGISTRY.get(found[0].name)
+    if spec and spec.sidecar:
+        return next((f for f in found if (f.parent / spec.sidecar).is_file()), found[0])
+    return found[0]
 
 
 def download(spec: WeightSpec, dest_dir: Path | None = None, timeout: float = 30.0) -> Path:
-    """Download ``spec`` into the user cache (temp file + rename), checking sha256 when pinned."""
+    """Download ``spec`` into ``dest_dir`` (default: the user cache) through a temp file and a rename.
+
+    A pinned sha256 is checked; otherwise the file's sha256 is recorded (see the module docstring). A short
+    read (fewer bytes than announced) or a network error raises :class:`MissingWeightsError`.
+    """
     if not spec.url:
         raise MissingWeightsError(_missing_message(spec.filename))
+    url = source_url(spec.url)
     dest_dir = dest_dir or cache_dir() / "weights"
-    dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / spec.filename
-    tmp = dest.with_name(dest.name + ".part")
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")  # concurrent downloads never collide
+    h = hashlib.sha256()
     try:
         from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
-        with urllib.request.urlopen(spec.url, timeout=timeout) as r, open(tmp, "wb") as f:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        request = urllib.request.Request(url, headers={"User-Agent": f"genmocap/{__version__}"})
+        with urllib.request.urlopen(request, timeout=timeout) as r, open(tmp, "wb") as f:
             total = int(r.headers.get("Content-Length") or 0) or None
+            done = 0
             with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn()) as bar:
                 task = bar.add_task(f"download {spec.filename}", total=total)
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
+                    h.update(chunk)
+                    done += len(chunk)
                     bar.advance(task, len(chunk))
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
+            if total is not None and done != total:
+                raise OSError(f"connection closed after {done} of {total} bytes")
+    except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as e:
         tmp.unlink(missing_ok=True)
-        raise MissingWeightsError(_missing_message(spec.filename, f"download failed: {e}")) from e
-    if spec.sha256 and sha256_file(tmp) != spec.sha256:
+        raise MissingWeightsError(_missing_message(spec.filename, f"download failed: {e} ({url})")) from e
+    except BaseException:  # e.g. Ctrl-C: leave no partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
+    digest = h.hexdigest()
+    if spec.sha256 and digest != spec.sha256:
         tmp.unlink(missing_ok=True)
         raise MissingWeightsError(
-            f"{spec.filename}: downloaded file has the wrong sha256 (corrupt download?)"
+            f"{spec.filename}: downloaded file has the wrong sha256 (corrupt download?)\n"
+            f"  expected {spec.sha256}\n  got      {digest}\n  from     {url}"
         )
     os.replace(tmp, dest)
+    _remember(dest, digest)
     return dest
 
 
@@ -165,7 +272,23 @@ def _missing_message(name: str, extra: str | None = None) -> str:
     if spec:
         lines.append(f"  how to get it: {spec.how_to_get}")
         if spec.url:
-            lines.append(f"  source: {spec.url}")
+            lines.append(f"  source: {source_url(spec.url)}")
+    if extra:
+        lines.append(f"  {extra}")
+    return "\n".join(lines)
+
+
+def _sidecar_message(main: Path, spec: WeightSpec, extra: str | None = None) -> str:
+    side = REGISTRY.get(spec.sidecar or "")
+    lines = [
+        f"weight file not found: {spec.sidecar}",
+        f"  {main.name} was found in {main.parent}, but its external weights {spec.sidecar} are not next "
+        "to it (an ONNX graph reads them from its own folder)",
+        f"  put {spec.sidecar} in {main.parent}",
+    ]
+    if side and side.url:
+        lines.append(f"  how to get it: {side.how_to_get}")
+        lines.append(f"  source: {source_url(side.url)}")
     if extra:
         lines.append(f"  {extra}")
     return "\n".join(lines)
@@ -174,23 +297,56 @@ def _missing_message(name: str, extra: str | None = None) -> str:
 def resolve(name: str, *, allow_download: bool = True) -> Path:
     """Path of the weight file ``name`` (see module docstring for the order).
 
+    A registered file with a sidecar (``vitpose_coco17.onnx`` → ``vitpose_coco17.onnx.data``), asked for by
+    its bare name, is only returned with the sidecar next to it; a missing sidecar is downloaded into that
+    folder when allowed. A path (``/x/hmr2.onnx``) is taken as given.
+
     Raises:
         MissingWeightsError: not found and not downloadable (the message says what to do).
     """
     if name.endswith(ARCHITECTURE_SUFFIXES):
         return Path(name)  # an architecture, built with random weights by its loader
-    found = locate(name)
-    if found:
-        return found
     spec = REGISTRY.get(Path(name).name)
-    if allow_download and spec and spec.url and Path(name).name == name:
-        return download(spec)
-    raise MissingWeightsError(_missing_message(name))
+    found = locate(name)
+    if found is None:
+        if not (allow_download and spec and spec.url and Path(name).name == name):
+            raise MissingWeightsError(_missing_message(name))
+        found = download(spec)
+    # only for the registry's own name: a path the user gives may be a single-file export of their own
+    if spec and spec.sidecar and Path(name).name == name and not (found.parent / spec.sidecar).is_file():
+        side = REGISTRY.get(spec.sidecar)
+        if not (allow_download and side and side.url):
+            raise MissingWeightsError(_sidecar_message(found, spec))
+        try:
+            download(side, dest_dir=found.parent)
+        except MissingWeightsError as e:
+            raise MissingWeightsError(_sidecar_message(found, spec, str(e).splitlines()[-1].strip())) from e
+    return found
+
+
+def fetch_all() -> Iterator[tuple[str, Path | None, str | None]]:
+    """Download every registered file that has a public source and is not present yet.
+
+    Yields ``(file name, path, None)`` per file now present (downloaded or already there) and
+    ``(file name, None, error message)`` per failure. Sidecars are fetched next to their ONNX graph.
+    """
+    sidecars = {s.sidecar for s in REGISTRY.values() if s.sidecar}
+    for spec in REGISTRY.values():
+        if not spec.url or spec.filename in sidecars:
+            continue
+        try:
+            path = resolve(spec.filename)
+        except MissingWeightsError as e:
+            yield spec.filename, None, str(e)
+            continue
+        yield spec.filename, path, None
+        if spec.sidecar:
+            yield spec.sidecar, path.parent / spec.sidecar, None
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Hashes: cached by (path, size, mtime) so a 2.5 GB checkpoint is hashed once, and remembered per file name
-# so a changed file is noticed.
+# Hashes: cached by (path, size, mtime) so a 2.5 GB checkpoint is hashed once, and recorded per registered
+# file name on first use so a changed file is noticed.
 
 _hash_lock = threading.Lock()
 
@@ -203,35 +359,104 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _ident(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    try:
+        atomic_write_json(path, data)
+    except OSError:
+        pass  # a read-only cache only costs re-hashing and an unrecorded hash
+
+
+def recorded_hashes() -> dict[str, str]:
+    """sha256 recorded on first use, per registered file name."""
+    return _read_json(cache_dir() / "recorded_sha256.json")
+
+
+def _remember(path: Path, digest: str) -> None:
+    """Cache ``digest`` for this exact file and check/record it under the file's registry name."""
+    with _hash_lock:
+        index_path = cache_dir() / "hashes.json"
+        index = _read_json(index_path)
+        index[_ident(path)] = digest
+        _write_json(index_path, index)
+        spec = REGISTRY.get(path.name)
+        if spec is None:
+            return
+        if spec.sha256:
+            if digest != spec.sha256:
+                log.warning("%s: sha256 %s is not the published %s; right file?", path, digest, spec.sha256)
+            return
+        rec_path = cache_dir() / "recorded_sha256.json"
+        recorded = _read_json(rec_path)
+        before = recorded.get(spec.filename)
+        if before == digest:
+            return
+        if before is not None:
+            log.warning(
+                "%s: contents differ from the %s first used here (sha256 %s, now %s); results made with the "
+                "old file are recomputed",
+                path,
+                spec.filename,
+                before[:12],
+                digest[:12],
+            )
+        recorded[spec.filename] = digest
+        _write_json(rec_path, recorded)
+
+
 def file_hash(path: Path) -> str:
-    """sha256 of a weight file (or of a model yaml's text), cached in the user cache."""
+    """sha256 of a weight file (or of a model yaml's text), cached in the user cache.
+
+    The first hash of a registered file is also recorded under its name (module docstring).
+    """
     path = Path(path)
     if path.suffix in ARCHITECTURE_SUFFIXES and not path.is_file():
         return "arch:" + hashlib.sha256(path.name.encode()).hexdigest()
-    st = path.stat()
-    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    index_path = cache_dir() / "hashes.json"
     with _hash_lock:
-        try:
-            index = json.loads(index_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            index = {}
-        if ident in index:
-            return index[ident]
-        digest = sha256_file(path)
-        index[ident] = digest
-        try:
-            atomic_write_json(index_path, index)
-        except OSError:
-            pass  # a read-only cache only costs re-hashing
+        cached = _read_json(cache_dir() / "hashes.json").get(_ident(path))
+    if cached:
+        return cached
+    digest = sha256_file(path)
+    _remember(path, digest)
     return digest
 
 
+def _hash_check(expected: str | None, found: Path | None, index: dict) -> str | None:
+    """ok | changed | unchecked (not hashed yet) for a present file, None for an absent one; never hashes."""
+    if found is None:
+        return None
+    try:
+        digest = index.get(_ident(found))
+    except OSError:
+        return "unchecked"
+    if digest is None or expected is None:
+        return "unchecked"
+    return "ok" if digest == expected else "changed"
+
+
 def status() -> list[dict]:
-    """One row per registered weight file: where it is (or None) and how to get it."""
+    """One row per registered weight file: where it is (or None), how to get it, its hash check.
+
+    ``sha256`` is the pinned hash or else the one recorded on first use; ``hash_check`` compares it with the
+    cached hash of the file found (``unchecked`` until the file was first used); nothing is hashed here.
+    """
     rows = []
+    recorded, index = recorded_hashes(), _read_json(cache_dir() / "hashes.json")
     for spec in REGISTRY.values():
         found = locate(spec.filename)
+        expected = spec.sha256 or recorded.get(spec.filename)
         rows.append(
             {
                 "file": spec.filename,
@@ -239,9 +464,14 @@ def status() -> list[dict]:
                 "description": spec.description,
                 "path": str(found) if found else None,
                 "downloadable": bool(spec.url),
+                "source": source_url(spec.url) if spec.url else None,
                 "how_to_get": spec.how_to_get,
                 "licence": spec.licence,
                 "size_mb": spec.size_mb,
+                "sidecar": spec.sidecar,
+                "sha256": expected,
+                "sha256_pinned": bool(spec.sha256),
+                "hash_check": _hash_check(expected, found, index),
             }
         )
     return rows

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import threading
 import time
 import traceback
@@ -33,7 +34,8 @@ from pipeline.store import (
     atomic_write_json,
     npz_bytes,
 )
-from stages import STAGES, estimate, features, keypoints, postprocess, probe, track
+from stages import STAGES, camera, estimate, export, features, keypoints, postprocess, probe, track
+from stages.camera import Camera
 from stages.perception import PersonArrays, run_perception
 from stages.track import DetectionsSource, Tracks
 from stages.video import MediaError, VideoInfo, count_samples
@@ -42,10 +44,7 @@ REPORT_SCHEMA = "genmocap.report/1"
 CLIP_SCHEMA = "genmocap.clip/1"
 
 # Stages later issues build; until then a clip reports them as skipped with this reason.
-NOT_BUILT = {
-    "camera": "not built yet (camera motion, issue #5)",
-    "export": "not built yet (NPZ/FBX/BVH/USD exports, issue #6)",
-}
+NOT_BUILT: dict[str, str] = {}  # stage -> reason, for stages not built yet
 
 # Weight roles: (config value "auto" ->) the original checkpoint when it is on disk, else GEM's ONNX export
 # (public, downloaded when online), so a user with internet needs no manual download.
@@ -171,6 +170,9 @@ class RunContext:
             need["vitpose"] = _auto_weights("vitpose", cfg.keypoints.weights)
         if until >= STAGES.index("features") and cfg.features.enabled:
             need["hmr2"] = _auto_weights("hmr2", cfg.features.weights)
+        cam = cfg.camera
+        if until >= STAGES.index("camera") and cam.backend == "droid" and not cam.fallback:
+            need["droid"] = cam.droid.weights  # else a missing DROID falls back to opencv, with a warning
         if until >= STAGES.index("estimate"):
             need["gem"] = cfg.estimate.checkpoint
         return need
@@ -247,6 +249,8 @@ class StageImpl:
     compute: Callable[[ClipRun], Artifact]
     load: Callable[[Artifact], Any]
     skip: Callable[[Config], str | None] = lambda cfg: None  # a reason to skip the stage by config
+    # for stages whose result lives in OUT: is a stored artifact's output still there? (else recompute)
+    present: Callable[[ClipRun, Artifact], bool] = lambda run, art: True
 
 
 def source_fingerprint(path: Path) -> str:
@@ -427,10 +431,25 @@ def _estimate_compute(run: ClipRun) -> Artifact:
                 has_img=None if f is None else np.ones(len(p.sample_index), bool),
             )
         )
+    cam: Camera | None = run.results.get("camera")
+    S = len(tracks.sample_frame_index)
+    K = angvel = None
+    known: bool | np.ndarray = True
+    if cam is not None:
+        K = np.repeat(cam.K[None].astype(np.float32), S, axis=0)
+        angvel = cam.cam_angvel()
+        known = cam.has_cam_mask
     net = ctx.models.gem(ctx.weights("gem"), cfg.estimate.num_heads)
     ctx.progress.stage(run.clip.id, "estimate")
-    results = estimate.estimate_people(net, people, tracks.image_wh, cfg.estimate, skeleton=None)
-    meta = {"people": [p.person_id for p in people], "features": ft is not None, "camera": "static"}
+    results = estimate.estimate_people(
+        net, people, tracks.image_wh, cfg.estimate, skeleton=None, K=K, cam_angvel=angvel, camera_known=known
+    )
+    meta = {
+        "people": [p.person_id for p in people],
+        "features": ft is not None,
+        "camera": "static (no camera stage)" if cam is None else cam.backend,
+        "camera_known_fraction": float(np.mean(known)),
+    }
     arrays = {
         f"person_{p.person_id}/{k}": v for p, r in zip(people, results, strict=True) for k, v in r.items()
     }
@@ -452,7 +471,9 @@ def _postprocess_compute(run: ClipRun) -> Artifact:
     ]
     info: dict = {"body_model": bool(skeleton), "contact_ik": bool(skeleton) and cfg.postprocess.contact_ik}
     if cfg.postprocess.shared_world:
-        people, placed = postprocess.place_in_clip_frame(people, None, skeleton)
+        cam: Camera | None = run.results.get("camera")
+        R_w2c = cam.R_w2c if cam is not None and cam.solved else None
+        people, placed = postprocess.place_in_clip_frame(people, R_w2c, skeleton)
         info.update(placed)
     info["contact_joints"] = list(postprocess.CONTACT_JOINTS)
     keep = (
@@ -471,6 +492,141 @@ def _postprocess_compute(run: ClipRun) -> Artifact:
         f"person_{pid}/{k}": r[k] for pid, r in zip(sorted(est.arrays), people, strict=True) for k in keep
     }
     return Artifact(meta={"people": sorted(est.arrays), **info}, arrays=arrays)
+
+
+# --- camera
+
+
+def _camera_config(cfg: Config) -> dict:
+    d = cfg.camera.model_dump(mode="json")
+    d["droid"].pop("timeout_s", None)  # a time limit, not a result
+    return {"camera": d, "decode": cfg.decode.model_dump(mode="json")}
+
+
+def _camera_inputs(run: ClipRun) -> dict:
+    cfg = run.ctx.cfg.camera
+    inputs: dict[str, Any] = {}
+    if cfg.backend == "file":
+        inputs["file"] = camera.camera_file_fingerprint(cfg, run.results["probe"])
+    if cfg.backend == "droid" or (cfg.backend == "auto" and cfg.droid.in_auto):
+        w = locate(cfg.droid.weights)
+        inputs["droid"] = file_hash(w) if w else None
+    return inputs
+
+
+def _camera_compute(run: ClipRun) -> Artifact:
+    ctx, cfg = run.ctx, run.ctx.cfg
+    tracks: Tracks = run.results["track"]
+    total = len(tracks.sample_frame_index)
+    cam = camera.run_camera(
+        run.results["probe"],
+        tracks,
+        cfg.camera,
+        fps=cfg.decode.fps,
+        chunk_frames=cfg.decode.chunk_frames,
+        progress=ctx.progress.stage(run.clip.id, "camera", total),
+        total=total,
+        droid_weights=locate(cfg.camera.droid.weights),
+    )
+    return Artifact(*cam.to_arrays())
+
+
+def _camera_load(a: Artifact) -> Camera:
+    return Camera.from_arrays(a.meta, a.arrays)
+
+
+# --- export: files under OUT/<clip>/, checked on reuse
+
+
+def _export_config(cfg: Config) -> dict:
+    return {"export": cfg.export.model_dump(mode="json", exclude={"timeout_s", "verify"})}
+
+
+def _timeline(info: VideoInfo, tracks: Tracks) -> export.ClipTimeline:
+    from fractions import Fraction
+
+    from stages.video import frame_timestamps
+
+    src_fps = info.fps
+    if info.fps_nominal and not info.vfr:
+        nominal = float(Fraction(info.fps_nominal))
+        src_fps = nominal if abs(nominal - info.fps) < 1e-3 * nominal else info.fps
+    times = frame_timestamps(Path(info.path)) if info.vfr and info.kind == "video" else None
+    return export.ClipTimeline(
+        sample_frame_index=tracks.sample_frame_index,
+        sample_time_s=tracks.sample_time_s,
+        model_fps=tracks.fps,
+        source_fps=src_fps,
+        source_frame_count=info.frame_count,
+        source_times=times,
+        timecode=info.timecode,
+        image_wh=tracks.image_wh,
+    )
+
+
+def _span_fill(values: np.ndarray, rel: np.ndarray, L: int, interpolate: bool) -> np.ndarray:
+    """Track-sample rows -> span rows (L, ...): zeros (or linear interpolation) where the track is absent."""
+    out = np.zeros((L, *values.shape[1:]), dtype=np.float32)
+    if interpolate:
+        flat = values.reshape(len(values), -1)
+        grid = np.arange(L)
+        out = np.stack([np.interp(grid, rel, flat[:, c]) for c in range(flat.shape[1])], 1).reshape(out.shape)
+    out[rel] = values
+    return out.astype(np.float32)
+
+
+def _export_compute(run: ClipRun) -> Artifact:
+    ctx, cfg = run.ctx, run.ctx.cfg
+    info: VideoInfo = run.results["probe"]
+    tracks: Tracks = run.results["track"]
+    pp: PersonArrays = run.results["postprocess"]
+    kp: PersonArrays | None = run.results.get("keypoints")
+    cam: Camera | None = run.results.get("camera")
+    by_id = {p.person_id: p for p in tracks.people}
+    people = {}
+    for pid, arrays in pp.arrays.items():
+        motion = dict(arrays)
+        track = by_id[pid]
+        s0, L = int(arrays["sample_index"][0]), len(arrays["sample_index"])
+        rel = track.sample_index - s0
+        motion["bbox_xyxy"] = _span_fill(track.xyxy, rel, L, interpolate=True)
+        motion["kp2d"] = _span_fill(kp.arrays[pid]["kp2d"], rel, L, interpolate=False) if kp else None
+        people[pid] = motion
+    camera_track = None
+    if "clip_from_cam0" in pp.meta:  # people placed in the clip frame: the camera can join them there
+        S = len(tracks.sample_frame_index)
+        R0 = cam.R_w2c if cam is not None and cam.solved else np.broadcast_to(np.eye(3), (S, 3, 3))
+        B = np.asarray(pp.meta["clip_from_cam0"])
+        R, t = export.camera_in_clip_frame(R0, B, pp.meta["camera_height_m"])
+        K = cam.K if cam is not None else np.asarray(next(iter(pp.arrays.values()))["K"][0])
+        camera_track = export.CameraTrack(R_w2c=R, t_w2c=t, K=K)
+    clip_dir = ctx.out / run.clip.id
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    ctx.progress.stage(run.clip.id, "export")
+    result = export.export_clip(
+        people, _timeline(info, tracks), clip_dir, cfg.export, ctx.body_model, camera=camera_track, video=info
+    )
+    return Artifact(meta=_relative(result.to_dict(), ctx.out))
+
+
+def _relative(doc: Any, root: Path) -> Any:
+    """Paths under OUT made relative to it, so a moved output folder still matches its artifact."""
+    if isinstance(doc, dict):
+        return {k: _relative(v, root) for k, v in doc.items()}
+    if isinstance(doc, str) and doc.startswith(str(root) + os.sep):
+        return os.path.relpath(doc, root)
+    return doc
+
+
+def _export_files(meta: dict) -> list[str]:
+    files = [meta.get("camera_npz"), meta.get("preview")]
+    for person in meta.get("people", {}).values():
+        files += [person.get("smpl_npz"), *person.get("files", {}).values()]
+    return [f for f in files if f]
+
+
+def _export_present(run: ClipRun, art: Artifact) -> bool:
+    return all((run.ctx.out / f).is_file() for f in _export_files(art.meta))
 
 
 STAGE_IMPL: dict[str, StageImpl] = {
@@ -517,6 +673,14 @@ STAGE_IMPL: dict[str, StageImpl] = {
             else "disabled (features.enabled=false): GEM runs without image features"
         ),
     ),
+    "camera": StageImpl(
+        version=camera.VERSION,
+        needs=("track",),
+        config=_camera_config,
+        key_inputs=_camera_inputs,
+        compute=_camera_compute,
+        load=_camera_load,
+    ),
     "estimate": StageImpl(
         version=estimate.VERSION,
         needs=("track", "keypoints", "features", "camera"),
@@ -532,6 +696,15 @@ STAGE_IMPL: dict[str, StageImpl] = {
         key_inputs=_postprocess_inputs,
         compute=_postprocess_compute,
         load=lambda a: PersonArrays.from_arrays(a.meta, a.arrays),
+    ),
+    "export": StageImpl(
+        version=export.VERSION,
+        needs=("probe", "track", "keypoints", "camera", "postprocess"),
+        config=_export_config,
+        key_inputs=lambda run: {"body_model": file_hash(run.ctx.body_model) if run.ctx.body_model else None},
+        compute=_export_compute,
+        load=lambda a: a.meta,
+        present=_export_present,
     ),
 }
 
@@ -583,6 +756,8 @@ def run_stage(run: ClipRun, name: str) -> StageOutcome:
             key = stage_key(run, name)
             art = ctx.store.load(name, key)
             status = "cached"
+            if art is not None and not impl.present(run, art):
+                art = None  # its files under OUT were removed: write them again
             if art is None:
                 ctx.progress.stage(run.clip.id, name)
                 art = impl.compute(run)
@@ -610,9 +785,46 @@ def _published_tracks(run: ClipRun, clip_dir: Path) -> None:
     atomic_write_json(clip_dir / "tracks.json", meta)
 
 
+def _published_camera(run: ClipRun, clip_dir: Path) -> None:
+    """``camera.npz`` / ``camera.json``: the camera stage's result at the model rate (``Camera.to_arrays``)"""
+    meta, arrays = run.results["camera"].to_arrays()
+    atomic_write_bytes(clip_dir / "camera.npz", npz_bytes(arrays))
+    atomic_write_json(clip_dir / "camera.json", meta)
+
+
 PUBLISHERS: dict[str, tuple[tuple[str, ...], Callable[[ClipRun, Path], None]]] = {
     "track": (("tracks.npz", "tracks.json"), _published_tracks),
+    "camera": (("camera.npz", "camera.json"), _published_camera),
 }
+
+
+def _remove_exports(clip_dir: Path) -> None:
+    """Exported files of an earlier run, when this run did not export (failed, or stopped earlier)."""
+    for d in clip_dir.glob("person_*"):
+        if d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+    for name in (export.CAMERA_FILE, "preview.mp4"):
+        (clip_dir / name).unlink(missing_ok=True)
+
+
+def _result_warnings(run: ClipRun) -> list[str]:
+    """Warnings carried by the stage results (so a cached result reports them as well as a fresh one)."""
+    out = []
+    tracks: Tracks | None = run.results.get("track")
+    if "estimate" in run.results and tracks is not None and abs(tracks.fps - 30.0) > 0.5:
+        out.append(f"estimate: GEM expects 30 fps samples, got {tracks.fps:.3f} (decode.resample=false)")
+    cam: Camera | None = run.results.get("camera")
+    if cam is not None:
+        if not cam.solved:
+            out.append(f"camera unknown: {cam.reason} (GEM was told the camera is unknown)")
+        out += [f"camera: {w}" for w in cam.warnings]
+    pp: PersonArrays | None = run.results.get("postprocess")
+    if pp is not None and not pp.meta.get("body_model"):
+        out.append("postprocess: no SMPL-X body model: contact correction and IK skipped (raw trajectory)")
+    reason = (run.results.get("export") or {}).get("reason")
+    if reason:
+        out.append(f"export: {reason}")
+    return out
 
 
 def finish_clip(run: ClipRun) -> dict:
@@ -621,12 +833,16 @@ def finish_clip(run: ClipRun) -> dict:
     ctx = run.ctx
     clip_dir = ctx.out / run.clip.id
     clip_dir.mkdir(parents=True, exist_ok=True)
+    run.warnings = [*dict.fromkeys(run.warnings + _result_warnings(run))]
     for stage, (names, publish) in PUBLISHERS.items():
         if stage in run.results and run.error is None:
             publish(run, clip_dir)
         else:
             for n in names:
                 (clip_dir / n).unlink(missing_ok=True)
+    if "export" not in run.results or run.error is not None:
+        _remove_exports(clip_dir)
+    cam: Camera | None = run.results.get("camera")
     tracks: Tracks | None = run.results.get("track")
     info: VideoInfo | None = run.results.get("probe")
     status = "failed" if run.error else "ok"
@@ -641,6 +857,8 @@ def finish_clip(run: ClipRun) -> dict:
         "warnings": run.warnings,
         "video": info.to_dict() if info else None,
         "people": [tracks.summary(p) for p in tracks.people] if tracks else [],
+        "camera": cam.summary() if cam is not None else None,
+        "exports": run.results.get("export"),
         "stages": stages,
         "artifacts": dict(run.keys),
         "config_digest": ctx.cfg.digest(),
@@ -656,6 +874,7 @@ def finish_clip(run: ClipRun) -> dict:
         "status": status,
         "error": run.error,
         "people": len(tracks.people) if tracks and not run.error else 0,
+        "warnings": run.warnings,
         "stages": stages,
         "out": run.clip.id,
     }

@@ -63,7 +63,7 @@ def span_inputs(
     image_wh: tuple[int, int],
     K: np.ndarray | None = None,
     cam_angvel: np.ndarray | None = None,
-    camera_known: bool = True,
+    camera_known: bool | np.ndarray = True,
 ) -> tuple[int, np.ndarray, dict[str, torch.Tensor]]:
     """GEM inputs for one person over its span.
 
@@ -71,7 +71,8 @@ def span_inputs(
         K: (S, 3, 3) clip intrinsics per sample, or None for GEM's default from the image size.
         cam_angvel: (S, 6) clip camera angular velocity per sample (GEM's 6D convention), or None for a
             static camera.
-        camera_known: False tells GEM the camera motion is unknown (``has_cam_mask`` False).
+        camera_known: False tells GEM the camera motion is unknown (``has_cam_mask`` False); or (S,) bool
+            per clip sample.
     Returns:
         (first sample s0, present (L,) bool, inputs dict of (L, ...) tensors) with L = last - s0 + 1.
     """
@@ -97,7 +98,7 @@ def span_inputs(
         img[rel[ok]] = p.f_imgseq[ok]
         has_img[rel[ok]] = True
     span = slice(s0, s0 + L)
-    K_t = default_intrinsics(*image_wh, L) if K is None else torch.as_tensor(K[span], dtype=torch.float32)
+    K_t = default_intrinsics(*image_wh, L) if K is None else torch.tensor(K[span], dtype=torch.float32)
     av = (
         static_cam_angvel(L) if cam_angvel is None else torch.as_tensor(cam_angvel[span], dtype=torch.float32)
     )
@@ -109,7 +110,9 @@ def span_inputs(
         "f_imgseq": torch.from_numpy(img),
         "has_img_mask": torch.from_numpy(has_img),
         "has_2d_mask": torch.from_numpy(has_2d),
-        "has_cam_mask": torch.full((L,), camera_known, dtype=torch.bool),
+        "has_cam_mask": torch.from_numpy(np.asarray(camera_known, dtype=bool)[span].copy())
+        if np.ndim(camera_known)
+        else torch.full((L,), bool(camera_known), dtype=torch.bool),
     }
     return s0, present, inputs
 
@@ -127,7 +130,7 @@ def estimate_people(
     skeleton: Skeleton | None,
     K: np.ndarray | None = None,
     cam_angvel: np.ndarray | None = None,
-    camera_known: bool = True,
+    camera_known: bool | np.ndarray = True,
 ) -> list[dict[str, np.ndarray]]:
     """Run GEM for every person (batched ``settings.batch_people`` at a time) and decode each.
 

@@ -119,7 +119,8 @@ def place_in_clip_frame(
     people: list[dict[str, np.ndarray]], R_w2c: np.ndarray | None, skeleton: Skeleton | None
 ) -> tuple[list[dict[str, np.ndarray]], dict]:
     """Move every person's world motion into the clip frame (module docstring). Returns (people, info) with
-    ``info``: ``camera_height_m`` (median over people, from their first samples) and ``up_in_camera`` (3,)."""
+    ``info``: ``camera_height_m`` (median over people, from their first samples), ``up_in_camera`` (3,) and
+    ``clip_from_cam0`` (3, 3), the rotation B from camera-0 (OpenCV) to clip coordinates."""
     if not people:
         return people, {}
     B, A_list = clip_frame(people, R_w2c)
@@ -146,5 +147,9 @@ def place_in_clip_frame(
         out["transl"] = (moved - J0).astype(np.float32)
         out["global_orient"] = _aa(Y[None] @ _rot(p["global_orient"])).astype(np.float32)
         placed.append(out)
-    info = {"camera_height_m": float(np.median(heights)), "up_in_camera": B[1].tolist()}
+    info = {
+        "camera_height_m": float(np.median(heights)),
+        "up_in_camera": B[1].tolist(),
+        "clip_from_cam0": B.tolist(),
+    }
     return placed, info

@@ -82,7 +82,7 @@ def _artifact(ctx: RunContext, doc: dict, stage: str):
 
 @pytest.fixture(scope="module")
 def full(clip, tmp_path_factory):
-    return _run(clip, tmp_path_factory.mktemp("out"), "postprocess")
+    return _run(clip, tmp_path_factory.mktemp("out"), "export", ["camera.backend=opencv"])
 
 
 def test_statuses_and_one_pixel_pass(full, clip, tmp_path_factory):
@@ -93,14 +93,26 @@ def test_statuses_and_one_pixel_pass(full, clip, tmp_path_factory):
         "track": "computed",
         "keypoints": "computed",
         "features": "computed",
-        "camera": "skipped",
+        "camera": "computed",
         "estimate": "computed",
         "postprocess": "computed",
-        "export": "skipped",
+        "export": "computed",
     }
-    again, _ = _run(clip, ctx.out, "postprocess")
-    assert {v["status"] for s, v in again["stages"].items() if s not in ("camera", "export")} == {"cached"}
+    again, _ = _run(clip, ctx.out, "export", ["camera.backend=opencv"])
+    assert {v["status"] for v in again["stages"].values()} == {"cached"}
     assert again["artifacts"] == doc["artifacts"]
+    # an exported file removed by hand is written again; nothing upstream reruns
+    fbx = ctx.out / doc["id"] / "person_1" / "motion.fbx"
+    fbx.unlink()
+    third, _ = _run(clip, ctx.out, "export", ["camera.backend=opencv"])
+    assert third["stages"]["export"]["status"] == "computed" and fbx.is_file()
+    assert third["stages"]["estimate"]["status"] == "cached"
+    # a run that stops earlier leaves no exports of the earlier run under final names
+    _run(clip, ctx.out, "track")
+    assert (
+        not list((ctx.out / doc["id"]).glob("person_*")) and not (ctx.out / doc["id"] / "camera.npz").exists()
+    )
+    _run(clip, ctx.out, "export", ["camera.backend=opencv"])
 
 
 def test_keypoints_and_features_are_the_models_on_the_right_crops(full, clip):
@@ -165,7 +177,17 @@ def test_estimate_and_postprocess_outputs(full):
 
 def test_without_features_and_without_body_model(full, clip, tmp_path):
     doc, ctx = full
-    doc2, ctx2 = _run(clip, tmp_path / "out", "postprocess", ["features.enabled=false"], body=None)
+    # also a camera solve that fails (demanding every sample measured): reported, and GEM told "unknown"
+    extra = ["features.enabled=false", "camera.backend=opencv", "camera.min_valid_fraction=1.0"]
+    doc2, ctx2 = _run(clip, tmp_path / "out", "export", extra, body=None)
+    assert doc2["camera"]["status"] == "failed"
+    assert any(w.startswith("camera unknown:") for w in doc2["warnings"])
+    assert _artifact(ctx2, doc2, "estimate").meta["camera_known_fraction"] == 0.0
+    # no body model: smpl.npz only, and the report says which files were not written and why
+    assert any("no SMPL-X body model" in w for w in doc2["warnings"])
+    assert doc2["stages"]["export"]["status"] == "computed"
+    person = ctx2.out / doc2["id"] / "person_0"
+    assert sorted(f.name for f in person.iterdir()) == ["smpl.npz"]
     assert doc2["stages"]["features"]["status"] == "skipped"
     assert "features.enabled=false" in doc2["stages"]["features"]["reason"]
     est, est2 = _artifact(ctx, doc, "estimate"), _artifact(ctx2, doc2, "estimate")
@@ -244,7 +266,7 @@ def test_onnx_backend_gives_the_torch_results(full, clip, tmp_path):
     from models.onnx_runner import export_onnx
 
     doc, ctx = full
-    vit = export_onnx(load_vitpose(VITPOSE, num_heads=4), tmp_path / "vitpose.onnx")
+    vit = export_onnx(load_vitpose(VITPOSE, num_heads=4), tmp_path / "vitpose_coco17.onnx")
     hmr = export_onnx(load_hmr2(HMR2, num_heads=4, decoder_heads=4), tmp_path / "hmr2.onnx")
     doc2, ctx2 = _run(
         clip, tmp_path / "out", "features", [f"keypoints.weights={vit}", f"features.weights={hmr}"]
@@ -254,3 +276,29 @@ def test_onnx_backend_gives_the_torch_results(full, clip, tmp_path):
         a, b = _artifact(ctx, doc, stage).arrays, _artifact(ctx2, doc2, stage).arrays
         for pid in (0, 1):
             np.testing.assert_allclose(b[f"person_{pid}/{name}"], a[f"person_{pid}/{name}"], atol=tol)
+
+
+def test_exports_and_camera_files(full):
+    doc, ctx = full
+    clip_dir = ctx.out / doc["id"]
+    assert doc["camera"]["backend"] == "opencv" and doc["exports"]["reason"] is None
+    cam = np.load(clip_dir / "camera.npz")
+    assert cam["R_w2c"].shape == (60, 3, 3) and cam["frame_index"].tolist() == list(range(60))
+    est = _artifact(ctx, doc, "estimate")
+    for pid in (0, 1):
+        rec = np.load(clip_dir / f"person_{pid}" / "smpl.npz")
+        assert str(rec["schema"]) == "genmocap.smpl/1" and float(rec["fps"]) == 30.0
+        assert rec["frame_index"].tolist() == list(range(60)) and rec["valid"].all()
+        assert rec["kp2d"].shape == (60, 17, 3) and rec["bbox_xyxy"].shape == (60, 4)
+        for fmt in ("motion.fbx", "motion.bvh", "motion.usda"):
+            assert (clip_dir / f"person_{pid}" / fmt).stat().st_size > 0
+        # GEM was given the solved camera, not a static one
+        angvel = est.arrays[f"person_{pid}/cam_angvel"]
+        np.testing.assert_allclose(angvel, cam_angvel_of(cam["R_w2c"]), atol=1e-6)
+    assert (clip_dir / "camera_world.npz").is_file()
+
+
+def cam_angvel_of(R_w2c: np.ndarray) -> np.ndarray:
+    from stages.camera import cam_angvel
+
+    return cam_angvel(R_w2c)
