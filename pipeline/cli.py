@@ -68,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         help="list (default); fetch: download every file with a public source that is not present yet "
         "(YOLO; GEM's gem_smpl.ckpt and ONNX exports of ViTPose-H and HMR2 from huggingface.co/nvidia/GEM-X)",
     )
+    m.add_argument("names", nargs="*", metavar="NAME", help="fetch only these files (e.g. yolov8x.pt)")
     m.add_argument("--json", action="store_true")
 
     sub.add_parser("config", help="print the default config as YAML")
@@ -214,7 +215,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.action == "fetch":
         # every file with a public source (YOLO, GEM's checkpoint and ONNX exports); present ones are kept
         rc = EXIT_OK
-        for name, path, error in fetch_all():
+        for name, path, error in fetch_all(args.names or None):
             if error:  # the whole message once, then one line per file (offline, every file fails alike)
                 _err(error if rc == EXIT_OK else f"{name}: {error.splitlines()[-1].strip()}")
                 rc = EXIT_CLIP_FAILED

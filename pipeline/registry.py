@@ -324,15 +324,18 @@ def resolve(name: str, *, allow_download: bool = True) -> Path:
     return found
 
 
-def fetch_all() -> Iterator[tuple[str, Path | None, str | None]]:
-    """Download every registered file that has a public source and is not present yet.
+def fetch_all(names: list[str] | None = None) -> Iterator[tuple[str, Path | None, str | None]]:
+    """Download every registered file (or the ``names`` given) that has a public source and is not present.
 
     Yields ``(file name, path, None)`` per file now present (downloaded or already there) and
     ``(file name, None, error message)`` per failure. Sidecars are fetched next to their ONNX graph.
     """
     sidecars = {s.sidecar for s in REGISTRY.values() if s.sidecar}
+    unknown = [n for n in names or [] if n not in REGISTRY]
+    for n in unknown:
+        yield n, None, f"{n}: not a registered weight file (known: {', '.join(sorted(REGISTRY))})"
     for spec in REGISTRY.values():
-        if not spec.url or spec.filename in sidecars:
+        if not spec.url or spec.filename in sidecars or (names and spec.filename not in names):
             continue
         try:
             path = resolve(spec.filename)

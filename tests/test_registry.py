@@ -285,3 +285,16 @@ def test_truncated_download_is_not_kept():
         srv.shutdown()
     weights = registry.cache_dir() / "weights"
     assert not (weights / "cut.pt").exists() and not list(weights.glob(".*.part"))
+
+
+def test_models_fetch_named_files_only(hub, monkeypatch, capsys):
+    requests, payloads = hub
+    assert main(["models", "fetch", "hmr2.onnx"]) == 0  # the graph brings its sidecar
+    weights = registry.cache_dir() / "weights"
+    assert sorted(p.name for p in weights.iterdir() if not p.name.startswith(".")) == [
+        "hmr2.onnx",
+        "hmr2.onnx.data",
+    ]
+    assert len(requests) == 2
+    assert main(["models", "fetch", "nope.pt"]) == 1
+    assert "not a registered weight file" in capsys.readouterr().err
