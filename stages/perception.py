@@ -126,8 +126,8 @@ def run_perception(
         group = max(128, *(t.batch for t in tasks.values()))
         for a in range(0, len(items), group):
             _run_items(chunk.frames, items[a : a + group], tracks, tasks, device, hmr2 is not None, blur)
-            for pid, i, _ in items:
-                filled[pid][i] = True
+        for pid, i, _ in items:
+            filled[pid][i] = True
         done += len(chunk)
         if progress is not None:
             progress(done, total or done)
