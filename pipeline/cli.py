@@ -17,12 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline import __version__
-from pipeline.config import ConfigError, dump_default_yaml, load_config
+from pipeline.config import Config, ConfigError, dump_default_yaml, load_config
 from pipeline.discover import Clip, DiscoveryError, discover
 from pipeline.progress import Progress
-from pipeline.registry import MissingWeightsError, fetch_all, resolve, search_dirs
+from pipeline.registry import REGISTRY, MissingWeightsError, fetch_all, resolve, search_dirs
 from pipeline.registry import status as weights_status
-from pipeline.runner import RunContext, body_model_path, run_batch, summary_text
+from pipeline.runner import RunContext, body_model_path, needed_weights, run_batch, summary_text
 from stages import STAGES
 
 Orchestrator = Callable[[list[Clip], RunContext], dict]
@@ -187,8 +187,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         )
     except Exception as e:  # a broken torch install is exactly what doctor is for
         add("torch", False, f"import failed: {e}", "reinstall: make setup")
+    # the files a default run needs (auto: the original ViTPose/HMR2 when present, else GEM's ONNX + sidecar)
+    default_needs = set(needed_weights(Config()).values())
+    default_needs |= {REGISTRY[n].sidecar for n in default_needs if n in REGISTRY and REGISTRY[n].sidecar}
     for row in weights_status():
-        needed = row["stage"] == "track" and row["file"] == "yolov8x.pt"
+        needed = row["file"] in default_needs
         where = row["path"] or ("downloadable" if row["downloadable"] else "missing")
         add(f"weights {row['file']}", bool(row["path"]), where, row["how_to_get"], required=needed)
     bm = body_model_path()

@@ -161,24 +161,28 @@ class RunContext:
 
     def required_weights(self) -> dict[str, str]:
         """Weight files the configured stages need: {role: file name or path}."""
-        cfg = self.cfg
-        need = {}
-        until = STAGES.index(cfg.run.until)
-        if until >= STAGES.index("track") and self.detections is None:
-            need["detector"] = cfg.track.detector.weights
-        if until >= STAGES.index("keypoints"):
-            need["vitpose"] = _auto_weights("vitpose", cfg.keypoints.weights)
-        if until >= STAGES.index("features") and cfg.features.enabled:
-            need["hmr2"] = _auto_weights("hmr2", cfg.features.weights)
-        cam = cfg.camera
-        if until >= STAGES.index("camera") and cam.backend == "droid" and not cam.fallback:
-            need["droid"] = cam.droid.weights  # else a missing DROID falls back to opencv, with a warning
-        if until >= STAGES.index("estimate"):
-            need["gem"] = cfg.estimate.checkpoint
-        return need
+        return needed_weights(self.cfg, user_detections=self.detections is not None)
 
     def weights(self, role: str) -> Path:
         return resolve(self.required_weights()[role])
+
+
+def needed_weights(cfg: Config, user_detections: bool = False) -> dict[str, str]:
+    """Weight files the stages up to ``cfg.run.until`` need: {role: file name or path}."""
+    need = {}
+    until = STAGES.index(cfg.run.until)
+    if until >= STAGES.index("track") and not user_detections:
+        need["detector"] = cfg.track.detector.weights
+    if until >= STAGES.index("keypoints"):
+        need["vitpose"] = _auto_weights("vitpose", cfg.keypoints.weights)
+    if until >= STAGES.index("features") and cfg.features.enabled:
+        need["hmr2"] = _auto_weights("hmr2", cfg.features.weights)
+    cam = cfg.camera
+    if until >= STAGES.index("camera") and cam.backend == "droid" and not cam.fallback:
+        need["droid"] = cam.droid.weights  # else a missing DROID falls back to opencv, with a warning
+    if until >= STAGES.index("estimate"):
+        need["gem"] = cfg.estimate.checkpoint
+    return need
 
 
 def _auto_weights(role: str, setting: str) -> str:

@@ -53,3 +53,21 @@ def test_unknown_orchestrator_without_plugin_is_usage_error(tmp_path, capsys):
     (tmp_path / "a.mp4").write_bytes(b"")
     assert main(["run", str(tmp_path / "a.mp4"), "--out", str(tmp_path / "o")]) == 2
     assert "run.orchestrator" in capsys.readouterr().err
+
+
+def test_doctor_needs_the_onnx_exports_only_without_the_originals(capsys, tmp_path, monkeypatch):
+    main(["doctor", "--json"])
+    checks = {c["check"]: c for c in json.loads(capsys.readouterr().out)}
+    assert checks["weights vitpose_coco17.onnx"]["required"] and checks["weights hmr2.onnx.data"]["required"]
+    assert not checks["weights vitpose-h-multi-coco.pth"]["required"]
+    weights = tmp_path / "w"
+    weights.mkdir()
+    (weights / "vitpose-h-multi-coco.pth").write_bytes(b"x")
+    monkeypatch.setenv("GENMOCAP_WEIGHTS", str(weights))
+    main(["doctor", "--json"])
+    checks = {c["check"]: c for c in json.loads(capsys.readouterr().out)}
+    assert (
+        checks["weights vitpose-h-multi-coco.pth"]["required"]
+        and checks["weights vitpose-h-multi-coco.pth"]["ok"]
+    )
+    assert not checks["weights vitpose_coco17.onnx"]["required"] and checks["weights hmr2.onnx"]["required"]
