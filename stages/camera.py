@@ -42,7 +42,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.gem.rollout import static_cam_angvel
 from models.gem.rotations import matrix_to_rot6d
-from stages.camera_opencv import OpenCVSettings, RotationSolver, SolveResult, project_so3
+from stages.camera_opencv import (
+    OpenCVSettings,
+    RotationSolver,
+    SolveResult,
+    project_so3,
+    rotation_angle_deg,
+)
 from stages.track import Tracks
 from stages.video import FFPROBE, MediaError, VideoInfo, iter_chunks, list_image_frames
 
@@ -331,17 +337,6 @@ def cam_angvel(R_w2c: np.ndarray) -> np.ndarray:
 # Result
 
 
-def _angle_deg(R: np.ndarray) -> np.ndarray:
-    """Rotation angle(s) of (..., 3, 3) matrices in degrees, accurate near 0 (atan2 of the axial part and the
-    trace; arccos of the trace alone loses ~0.01 deg to rounding)."""
-    R = np.asarray(R, dtype=np.float64)
-    s = 0.5 * np.stack(
-        [R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1
-    )
-    c = (np.trace(R, axis1=-2, axis2=-1) - 1.0) / 2.0
-    return np.degrees(np.arctan2(np.linalg.norm(s, axis=-1), c))
-
-
 @dataclass
 class Camera:
     """The clip's camera on its sample timeline (T samples; see the module doc for the conventions).
@@ -423,8 +418,8 @@ class Camera:
             "median_inliers": float(np.median(inl)) if inl is not None and len(inl) else None,
             "net_yaw_deg": round(float(yaw[-1]), 3),
             "max_abs_yaw_deg": round(float(np.abs(yaw).max()), 3),
-            "max_rotation_deg": round(float(_angle_deg(R).max()), 4),
-            "max_rate_deg_s": round(float(_angle_deg(rel).max() * self.fps), 3),
+            "max_rotation_deg": round(float(rotation_angle_deg(R).max()), 4),
+            "max_rate_deg_s": round(float(rotation_angle_deg(rel).max() * self.fps), 3),
             "stats": self.stats,
             "warnings": list(self.warnings),
         }
@@ -697,8 +692,8 @@ def _static_check(R: np.ndarray, settings: CameraSettings) -> tuple[bool, float,
     if len(R) < 2:
         return True, 0.0, 0.0
     rel = R[1:] @ np.transpose(R[:-1], (0, 2, 1))
-    max_rot = float(_angle_deg(R).max())
-    max_rate = float(_angle_deg(rel).max())
+    max_rot = float(rotation_angle_deg(R).max())
+    max_rate = float(rotation_angle_deg(rel).max())
     return (
         (max_rot <= settings.static_max_deg and max_rate <= settings.static_max_rate_deg),
         max_rot,
@@ -934,7 +929,7 @@ def _solve_pixels(
     quality = {"droid_keyframes": np.full(T, res.keyframes, dtype=np.int32)}
     stats: dict[str, Any] = {"keyframes": res.keyframes}
     if cam_cv is not None and cam_cv.solved:
-        diff = _angle_deg(R @ np.transpose(cam_cv.R_w2c.astype(np.float64), (0, 2, 1)))
+        diff = rotation_angle_deg(R @ np.transpose(cam_cv.R_w2c.astype(np.float64), (0, 2, 1)))
         stats["max_diff_vs_opencv_deg"] = round(float(diff.max()), 4)
     solve = SolveResult(project_so3(R), np.ones(T, bool), quality, stats)
     return b.from_solve(solve, "droid")

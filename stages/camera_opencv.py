@@ -195,7 +195,7 @@ def fit_rotation(
     return R, r < thr, r
 
 
-def _angle_deg(R: np.ndarray) -> np.ndarray:
+def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
     """Rotation angle(s) of (..., 3, 3) matrices in degrees, accurate near 0 (atan2 of the axial part and the
     trace; arccos of the trace alone loses ~0.01 deg to rounding)."""
     R = np.asarray(R, dtype=np.float64)
@@ -515,11 +515,11 @@ class RotationSolver:
         for k in range(0, E.shape[0] - 2, 3):
             R1, R2, _ = cv2.decomposeEssentialMat(E[k : k + 3])
             for Rc in (R1, R2):
-                d = float(_angle_deg(Rc @ R_rot.T))
+                d = float(rotation_angle_deg(Rc @ R_rot.T))
                 if d < best_d:
                     best, best_d = Rc, d
         # A decomposition far from the rotation-only estimate is a degenerate fit, not parallax.
-        if best is None or best_d > 3.0 + 0.5 * float(_angle_deg(R_rot)):
+        if best is None or best_d > 3.0 + 0.5 * float(rotation_angle_deg(R_rot)):
             return None, 0
         return project_so3(best), int(inl.sum())
 
@@ -628,7 +628,7 @@ class RotationSolver:
             if (~dup).any() and np.isfinite(np.asarray(self.resid)[~dup]).any()
             else None,
             "max_rate_deg_per_sample": round(float(rate.max()), 5),
-            "max_rotation_deg": round(float(_angle_deg(R).max()), 5),
+            "max_rotation_deg": round(float(rotation_angle_deg(R).max()), 5),
         }
         return SolveResult(R, valid, quality, stats)
 

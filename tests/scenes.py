@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from stages.camera_opencv import rotation_angle_deg
 from tests.media import FFMPEG
 
 __all__ = [
@@ -389,17 +390,6 @@ def homography_shot(
 # Metrics
 
 
-def _angle_deg(R: np.ndarray) -> np.ndarray:
-    """Rotation angle(s) of (..., 3, 3) matrices in degrees, accurate near 0 (atan2 of the axial part and the
-    trace; arccos of the trace alone loses ~0.01 deg to rounding)."""
-    R = np.asarray(R, dtype=np.float64)
-    s = 0.5 * np.stack(
-        [R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1
-    )
-    c = (np.trace(R, axis1=-2, axis2=-1) - 1.0) / 2.0
-    return np.degrees(np.arctan2(np.linalg.norm(s, axis=-1), c))
-
-
 def rotation_errors(R_est: np.ndarray, R_gt: np.ndarray, fps: float = 30.0) -> dict[str, float]:
     """Accuracy of estimated ``R_w2c`` (T,3,3) against ground truth (any world; both re-anchored to frame 0).
 
@@ -412,8 +402,8 @@ def rotation_errors(R_est: np.ndarray, R_gt: np.ndarray, fps: float = 30.0) -> d
     Rg = np.asarray(R_gt, float) @ np.asarray(R_gt[0], float).T
     rel_e = Re[1:] @ np.transpose(Re[:-1], (0, 2, 1))
     rel_g = Rg[1:] @ np.transpose(Rg[:-1], (0, 2, 1))
-    fe = _angle_deg(rel_e @ np.transpose(rel_g, (0, 2, 1)))
-    ab = _angle_deg(Re @ np.transpose(Rg, (0, 2, 1)))
+    fe = rotation_angle_deg(rel_e @ np.transpose(rel_g, (0, 2, 1)))
+    ab = rotation_angle_deg(Re @ np.transpose(Rg, (0, 2, 1)))
     seconds = max((len(Re) - 1) / fps, 1e-9)
     return {
         "frames": int(len(Re)),
@@ -423,8 +413,8 @@ def rotation_errors(R_est: np.ndarray, R_gt: np.ndarray, fps: float = 30.0) -> d
         "drift_end_deg": float(ab[-1]),
         "drift_max_deg": float(ab.max()),
         "drift_per_10s_deg": float(ab.max() * 10.0 / seconds),
-        "max_rotation_deg": float(_angle_deg(Re).max()),
-        "gt_max_rate_deg_s": float(_angle_deg(rel_g).max() * fps) if len(rel_g) else 0.0,
+        "max_rotation_deg": float(rotation_angle_deg(Re).max()),
+        "gt_max_rate_deg_s": float(rotation_angle_deg(rel_g).max() * fps) if len(rel_g) else 0.0,
     }
 
 
