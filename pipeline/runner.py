@@ -568,17 +568,6 @@ def _timeline(info: VideoInfo, tracks: Tracks) -> export.ClipTimeline:
     )
 
 
-def _span_fill(values: np.ndarray, rel: np.ndarray, L: int, interpolate: bool) -> np.ndarray:
-    """Track-sample rows -> span rows (L, ...): zeros (or linear interpolation) where the track is absent."""
-    out = np.zeros((L, *values.shape[1:]), dtype=np.float32)
-    if interpolate:
-        flat = values.reshape(len(values), -1)
-        grid = np.arange(L)
-        out = np.stack([np.interp(grid, rel, flat[:, c]) for c in range(flat.shape[1])], 1).reshape(out.shape)
-    out[rel] = values
-    return out.astype(np.float32)
-
-
 def _export_compute(run: ClipRun) -> Artifact:
     ctx, cfg = run.ctx, run.ctx.cfg
     info: VideoInfo = run.results["probe"]
@@ -593,8 +582,8 @@ def _export_compute(run: ClipRun) -> Artifact:
         track = by_id[pid]
         s0, L = int(arrays["sample_index"][0]), len(arrays["sample_index"])
         rel = track.sample_index - s0
-        motion["bbox_xyxy"] = _span_fill(track.xyxy, rel, L, interpolate=True)
-        motion["kp2d"] = _span_fill(kp.arrays[pid]["kp2d"], rel, L, interpolate=False) if kp else None
+        motion["bbox_xyxy"] = estimate.span_rows(track.xyxy, rel, L, interpolate=True)
+        motion["kp2d"] = estimate.span_rows(kp.arrays[pid]["kp2d"], rel, L) if kp else None
         people[pid] = motion
     camera_track = None
     if "clip_from_cam0" in pp.meta:  # people placed in the clip frame: the camera can join them there

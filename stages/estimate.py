@@ -58,6 +58,22 @@ class PersonInput:
     has_img: np.ndarray | None = None
 
 
+def span_rows(values: np.ndarray, rel: np.ndarray, L: int, interpolate: bool = False) -> np.ndarray:
+    """Rows per track sample (T, ...) -> float32 rows over the person's span (L, ...).
+
+    ``rel`` (T,) increasing positions of the rows in the span; the other rows are zero, or with
+    ``interpolate`` linear between their neighbouring rows (held constant beyond the ends).
+    """
+    out = np.zeros((L, *values.shape[1:]), dtype=np.float32)
+    if interpolate:
+        flat = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+        grid = np.arange(L)
+        cols = [np.interp(grid, rel, flat[:, c]) for c in range(flat.shape[1])]
+        out[:] = np.stack(cols, 1).reshape(out.shape)
+    out[rel] = values
+    return out
+
+
 def span_inputs(
     p: PersonInput,
     image_wh: tuple[int, int],
@@ -83,14 +99,9 @@ def span_inputs(
     rel = idx - s0
     present = np.zeros(L, dtype=bool)
     present[rel] = True
-    grid = np.arange(L)
-    bbx = np.stack([np.interp(grid, rel, p.bbx_xys[:, c]) for c in range(3)], axis=1)
-    kp = np.zeros((L, NUM_KP, 3), dtype=np.float32)
-    has_2d = present.copy()
-    if p.kp2d is not None:
-        kp[rel] = p.kp2d
-    else:
-        has_2d[:] = False
+    bbx = span_rows(p.bbx_xys, rel, L, interpolate=True)
+    kp = span_rows(p.kp2d, rel, L) if p.kp2d is not None else np.zeros((L, NUM_KP, 3), dtype=np.float32)
+    has_2d = present.copy() if p.kp2d is not None else np.zeros(L, dtype=bool)
     img = np.zeros((L, IMG_DIM), dtype=np.float32)
     has_img = np.zeros(L, dtype=bool)
     if p.f_imgseq is not None:
@@ -104,7 +115,7 @@ def span_inputs(
     )
     inputs = {
         "kp2d": torch.from_numpy(kp),
-        "bbx_xys": torch.from_numpy(bbx.astype(np.float32)),
+        "bbx_xys": torch.from_numpy(bbx),
         "K_fullimg": K_t,
         "cam_angvel": av,
         "f_imgseq": torch.from_numpy(img),
