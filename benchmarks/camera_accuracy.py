@@ -1,6 +1,6 @@
 """Camera-stage accuracy and speed on synthetic shots with exactly known cameras.
 
-Each shot is rendered (``tests/scenes.py``: a textured room, one textured "person" crossing the picture),
+Each shot is rendered (``tools/scenes.py``: a textured room, one textured "person" crossing the picture),
 encoded to H.264 (crf 12) and run through the real stage entry point ``stages.camera.run_camera`` (decode,
 person masking, solve, static detection), with the person's true boxes as the tracks. Shots (10 s at 30 fps
 and 640x360 by default, rates are peak angular speeds):
@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 from stages.camera import CameraSettings, run_camera  # noqa: E402
 from stages.camera_opencv import OpenCVSettings, RotationSolver  # noqa: E402
 from stages.video import iter_chunks, probe  # noqa: E402
-from tests.scenes import (  # noqa: E402
+from tools.scenes import (  # noqa: E402
     Person,
     make_room,
     render_shot,

@@ -8,7 +8,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.clip import process_clip
 from pipeline.discover import Clip
-from pipeline.runner import RunContext, _now, write_report
+from pipeline.runner import RunContext, now, write_report
 
 
 @task(name="clip", cache_policy=NO_CACHE, persist_result=False)
@@ -26,7 +26,7 @@ def process_folder(clips: list[Clip], ctx: RunContext) -> list[dict]:
 
 def run_with_prefect(clips: list[Clip], ctx: RunContext) -> dict:
     """Orchestrator for ``genmocap run``: the folder flow in Prefect's local mode, then the run report."""
-    started = _now()
+    started = now()
     runner = ThreadPoolTaskRunner(max_workers=ctx.cfg.run.concurrency)
     entries = process_folder.with_options(task_runner=runner)(clips, ctx)
     return write_report(ctx, entries, started)

@@ -1,9 +1,13 @@
-"""SMPL-X body model for the exporters: the full 55-joint tree, shaped rest joints and mesh, skinning weights
-and forward kinematics, in float64 numpy (no torch, no ``smplx`` package).
+"""SMPL-X body model: the one loader of ``SMPLX_NEUTRAL.npz`` and the one place that shapes and poses the
+skeleton, for the exporters (float64 numpy) and for GEM's post-processing (``models.gem.skeleton.Skeleton`` is
+built from a ``BodyModel``).
 
 The model file is the licence-gated ``SMPLX_NEUTRAL.npz`` (official layout; the keys read here are
 ``v_template`` (V, 3), ``f`` (F, 3), ``J_regressor`` (55, V), ``kintree_table`` (2, 55), ``weights``
-(V, 55) and ``shapedirs`` (V, 3, >=10)). Everything is computed in float64 from the stored float32 arrays.
+(V, 55) and ``shapedirs`` (V, 3, >=10)); other keys (``posedirs``, the face landmarks ``lmk_faces_idx`` /
+``lmk_bary_coords``, hand PCA, ...) are not needed and may be missing. The arrays are read once and kept in
+float64; the shape blend and the joint regression are the ``smplx`` package's own (``smplx.lbs.blend_shapes``
+and ``smplx.lbs.vertices2joints``, torch imported when first used), posing is ``models.geometry``.
 
 Conventions: SMPL-X rest frame, y up, metres. A joint's local transform is ``(R_i, J_i - J_parent(i))``; every
 rest joint frame is aligned with the model axes (the rest pose has identity rotations), so a joint's local
@@ -19,21 +23,25 @@ from pathlib import Path
 
 import numpy as np
 
+from models.geometry import axis_angle_to_matrix, forward_kinematics, joint_offsets
+
 __all__ = [
     "JOINT_NAMES",
     "SMPLX_PARENTS",
     "NUM_BODY_JOINTS",
+    "NUM_BETAS",
     "NUM_JOINTS",
     "BodyModel",
     "BodyModelError",
     "find_model_file",
-    "forward_kinematics",
 ]
 
 #: pelvis + 21 body joints (what GEM estimates)
 NUM_BODY_JOINTS = 22
 #: body + jaw + 2 eyes + 2 x 15 finger joints
 NUM_JOINTS = 55
+#: shape coefficients used (GEM estimates the first 10)
+NUM_BETAS = 10
 
 _FINGERS = ("index", "middle", "pinky", "ring", "thumb")
 
@@ -104,7 +112,7 @@ def find_model_file(path: str | Path) -> Path:
 
 @dataclass(frozen=True)
 class BodyModel:
-    """The parts of an SMPL-X model the exporters use (float64, model order of the 55 joints).
+    """The SMPL-X model as read from its ``.npz`` (float64, model order of the 55 joints).
 
     Attributes:
         v_template: (V, 3) template vertices (metres, y up).
@@ -126,13 +134,17 @@ class BodyModel:
 
     @classmethod
     def load(cls, path: str | Path) -> BodyModel:
-        """Read an ``SMPLX_NEUTRAL.npz`` (file or folder, see ``find_model_file``)."""
+        """Read an ``SMPLX_NEUTRAL.npz`` (file or folder, see ``find_model_file``).
+
+        Raises:
+            BodyModelError: no file, a missing key, or not the SMPL-X layout (55 joints, its joint tree).
+        """
         f = find_model_file(path)
         try:
             with np.load(f, allow_pickle=False) as z:
                 arrays = {k: np.asarray(z[k]) for k in ("v_template", "f", "J_regressor", "kintree_table")}
                 arrays["weights"] = np.asarray(z["weights"])
-                arrays["shapedirs"] = np.asarray(z["shapedirs"][:, :, :10])
+                arrays["shapedirs"] = np.asarray(z["shapedirs"][:, :, :NUM_BETAS])
         except KeyError as e:
             raise BodyModelError(f"{f}: not an SMPL-X model (missing key {e})") from None
         except (OSError, ValueError) as e:
@@ -146,8 +158,7 @@ class BodyModel:
             and v.shape[1] == 3
             and arrays["J_regressor"].shape == (NUM_JOINTS, n_v)
             and arrays["weights"].shape == (n_v, NUM_JOINTS)
-            and arrays["shapedirs"].shape[:2] == (n_v, 3)
-            and arrays["shapedirs"].shape[2] == 10
+            and arrays["shapedirs"].shape == (n_v, 3, NUM_BETAS)
             and len(parents) == NUM_JOINTS
         )
         if not shapes_ok:
@@ -168,13 +179,48 @@ class BodyModel:
         )
 
     def rest_vertices(self, betas: np.ndarray) -> np.ndarray:
-        """Shaped rest mesh (V, 3) for betas (10,) (no pose blend shapes: the rest pose has none)."""
-        b = np.asarray(betas, dtype=np.float64).reshape(10)
-        return self.v_template + self.shapedirs @ b
+        """Shaped rest mesh (V, 3) for betas (10,): ``v_template + shapedirs . betas`` (smplx's
+        ``blend_shapes``; no pose blend shapes: the rest pose has none)."""
+        import torch
+        from smplx.lbs import blend_shapes
+
+        b = torch.from_numpy(np.asarray(betas, dtype=np.float64).reshape(1, NUM_BETAS))
+        v = torch.from_numpy(self.v_template) + blend_shapes(b, torch.from_numpy(self.shapedirs))
+        return v[0].numpy()
 
     def rest_joints(self, betas: np.ndarray) -> np.ndarray:
-        """Shaped rest joint positions (55, 3) for betas (10,), ``J_regressor @ rest_vertices``."""
-        return self.J_regressor @ self.rest_vertices(betas)
+        """Shaped rest joint positions (55, 3) for betas (10,): ``J_regressor @ rest_vertices`` (smplx's
+        ``vertices2joints``)."""
+        import torch
+        from smplx.lbs import vertices2joints
+
+        v = torch.from_numpy(self.rest_vertices(betas))[None]
+        return vertices2joints(torch.from_numpy(self.J_regressor), v)[0].numpy()
+
+    def posed_joints(
+        self,
+        global_orient: np.ndarray,
+        body_pose: np.ndarray,
+        betas: np.ndarray,
+        transl: np.ndarray,
+        num_joints: int = NUM_BODY_JOINTS,
+    ) -> np.ndarray:
+        """World joint positions (T, num_joints, 3) of a motion by forward kinematics (float64).
+
+        Args:
+            global_orient: (T, 3) axis-angle of the root; body_pose: (T, 63) axis-angle of joints 1..21;
+            betas: (10,); transl: (T, 3) added to the rest pelvis position. Joints beyond the 22 body joints
+            (``num_joints`` up to 55) are at rest relative to their parents.
+        """
+        T = len(global_orient)
+        rest = self.rest_joints(betas)[:num_joints]
+        aa = np.zeros((T, num_joints, 3))
+        aa[:, 0] = global_orient
+        aa[:, 1:NUM_BODY_JOINTS] = np.asarray(body_pose, dtype=np.float64).reshape(T, NUM_BODY_JOINTS - 1, 3)
+        par = self.parents[:num_joints]
+        root = rest[0] + np.asarray(transl, dtype=np.float64)
+        _, pos = forward_kinematics(par, axis_angle_to_matrix(aa), joint_offsets(rest, par), root)
+        return pos
 
     def skin_weights(self, num_joints: int) -> np.ndarray:
         """Skinning weights (V, num_joints) onto the first ``num_joints`` joints: the weight of every later
@@ -184,30 +230,3 @@ class BodyModel:
             p = int(self.parents[j])
             w[:, p] += w[:, j]
         return w[:, :num_joints]
-
-
-def forward_kinematics(
-    R_local: np.ndarray, offsets: np.ndarray, root_position: np.ndarray, parents: np.ndarray | list[int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Global rotations and joint positions of a joint tree.
-
-    Args:
-        R_local: (T, J, 3, 3) local rotations (joint relative to its parent; the root's: to the world).
-        offsets: (J, 3) rest offsets ``J_i - J_parent(i)`` in the parent's frame (the root's is ignored).
-        root_position: (T, 3) world position of the root joint.
-        parents: J parent indices, -1 for the root; parents[i] < i.
-    Returns:
-        R_global (T, J, 3, 3) and positions (T, J, 3).
-    """
-    R_local = np.asarray(R_local, dtype=np.float64)
-    T, J = R_local.shape[:2]
-    Rg = np.empty_like(R_local)
-    pos = np.empty((T, J, 3))
-    for i, p in enumerate(int(x) for x in parents):
-        if p < 0:
-            Rg[:, i] = R_local[:, i]
-            pos[:, i] = root_position
-        else:
-            Rg[:, i] = Rg[:, p] @ R_local[:, i]
-            pos[:, i] = pos[:, p] + Rg[:, p] @ offsets[i]
-    return Rg, pos

@@ -20,7 +20,7 @@ from pipeline import __version__
 from pipeline.config import Config, ConfigError, dump_default_yaml, load_config
 from pipeline.discover import Clip, DiscoveryError, discover
 from pipeline.progress import Progress
-from pipeline.registry import REGISTRY, MissingWeightsError, fetch_all, resolve, search_dirs
+from pipeline.registry import REGISTRY, MissingWeightsError, fetch_all, require, search_dirs
 from pipeline.registry import status as weights_status
 from pipeline.runner import RunContext, body_model_path, needed_weights, run_batch, summary_text
 from stages import STAGES
@@ -47,7 +47,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="K=V",
         help="override a config value, e.g. --set track.select=largest (repeatable)",
     )
-    r.add_argument("--until", choices=STAGES, help="last stage to run (default: all)")
+    r.add_argument(
+        "--until", choices=STAGES, help="run up to this stage, with every stage it needs (default: all)"
+    )
+    r.add_argument(
+        "--stages",
+        type=_stage_list,
+        metavar="A,B",
+        help=f"run these stages and what they need, e.g. --stages camera (stages: {', '.join(STAGES)})",
+    )
     r.add_argument(
         "--detections",
         type=Path,
@@ -111,12 +119,23 @@ def main(argv: list[str] | None = None, orchestrators: dict[str, Orchestrator] |
     return EXIT_OK
 
 
+def _stage_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in STAGES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(STAGES)}"
+        )
+    return names
+
+
 def _err(msg: str) -> None:
     print(f"genmocap: {msg}", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace, orchestrators: dict[str, Orchestrator]) -> int:
     overrides = list(args.overrides) + ([f"run.until={args.until}"] if args.until else [])
+    overrides += [f"run.stages=[{','.join(args.stages)}]"] if args.stages else []
     try:
         cfg = load_config(args.config, overrides)
         clips = discover(args.inputs)
@@ -133,9 +152,9 @@ def cmd_run(args: argparse.Namespace, orchestrators: dict[str, Orchestrator]) ->
     try:
         with Progress(cfg.run.progress) as progress:
             ctx = RunContext.create(cfg, args.out, detections=args.detections, progress=progress)
-            # Missing weights are a set-up problem, not a bad clip: say so once, before any work.
-            for name in ctx.required_weights().values():
-                resolve(name)
+            # Missing weights are a set-up problem, not a bad clip: list every missing file once, before
+            # any work (files with a public source are downloaded first when online).
+            require(ctx.required_weights())
             runner = run_batch if orchestrator == "local" else orchestrators[orchestrator]
             report = runner(clips, ctx)
     except MissingWeightsError as e:
@@ -160,6 +179,18 @@ def _tool_version(exe: str) -> str | None:
     return out.splitlines()[0] if out else path
 
 
+def _gpu_names() -> list[str]:
+    """Names of the NVIDIA GPUs the driver reports (``nvidia-smi -L``); empty without a driver."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return []
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [ln.split(":", 1)[1].split("(UUID")[0].strip() for ln in out.splitlines() if ln.startswith("GPU")]
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     checks: list[dict] = []
 
@@ -172,21 +203,22 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for exe in ("ffmpeg", "ffprobe"):
         v = _tool_version(exe)
         add(exe, v is not None, v or "not found", "apt-get install ffmpeg")
-    try:
-        import torch
+    # torch is not imported here (seconds of start-up): its version from the package metadata, the GPUs from
+    # the NVIDIA driver's own tool
+    from importlib.metadata import PackageNotFoundError, version
 
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        gpus = [torch.cuda.get_device_name(i) for i in range(n)]
-        add("torch", True, f"torch {torch.__version__}")
-        add(
-            "gpu",
-            n > 0,
-            ", ".join(gpus) if gpus else "no CUDA GPU: stages run on the CPU (slow)",
-            "optional",
-            required=False,
-        )
-    except Exception as e:  # a broken torch install is exactly what doctor is for
-        add("torch", False, f"import failed: {e}", "reinstall: make setup")
+    try:
+        add("torch", True, f"torch {version('torch')}")
+    except PackageNotFoundError:
+        add("torch", False, "not installed", "reinstall: make setup")
+    gpus = _gpu_names()
+    add(
+        "gpu",
+        bool(gpus),
+        ", ".join(gpus) if gpus else "no CUDA GPU: stages run on the CPU (slow)",
+        "optional",
+        required=False,
+    )
     # the files a default run needs (auto: the original ViTPose/HMR2 when present, else GEM's ONNX + sidecar)
     default_needs = set(needed_weights(Config()).values())
     default_needs |= {REGISTRY[n].sidecar for n in default_needs if n in REGISTRY and REGISTRY[n].sidecar}

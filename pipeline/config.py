@@ -1,7 +1,7 @@
 """One typed config for a run: defaults serve a single machine; YAML file and ``--set key=value`` override.
 
-Sections that belong to a stage are defined next to that stage (``stages.probe.ProbeSettings``, ...), so a
-stage never imports the pipeline; this module only composes them.
+Each stage's section is the settings model its ``SPEC`` declares (``stages.probe.ProbeSettings``, ...), so a
+stage never imports the pipeline and adding a stage adds its section here without touching this module.
 """
 
 from __future__ import annotations
@@ -13,20 +13,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from stages import STAGES
-from stages.camera import CameraSettings
-from stages.estimate import EstimateSettings
-from stages.export import ExportSettings
-from stages.features import FeaturesSettings
-from stages.keypoints import KeypointsSettings
-from stages.postprocess import PostprocessSettings
-from stages.probe import ProbeSettings
-from stages.track import TrackSettings
+from stages import SPECS, STAGES
+from stages.spec import not_in_key
 
-StageName = Literal["probe", "track", "keypoints", "features", "camera", "estimate", "postprocess", "export"]
-assert tuple(StageName.__args__) == STAGES  # one list of stage names  # type: ignore[attr-defined]
+StageName = Literal[STAGES]  # type: ignore[valid-type]
 
 
 class ConfigError(ValueError):
@@ -38,7 +30,10 @@ class RunSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    until: StageName = Field("export", description="last stage to run")
+    until: StageName = Field("export", description="the stage to run up to (with every stage it needs)")
+    stages: list[StageName] | None = Field(
+        None, description="run these stages and what they need (instead of everything up to 'until')"
+    )
     concurrency: int = Field(1, ge=1, le=64, description="clips processed at once")
     orchestrator: Literal["prefect", "local"] = Field(
         "prefect", description="prefect: local Prefect flows (no server needed); local: plain Python"
@@ -64,31 +59,40 @@ class DecodeSettings(BaseModel):
         30.0, gt=0, description="rate GEM was trained at; frames are sampled by timestamp"
     )
     resample: bool = Field(True, description="resample to model_fps (False: every source frame)")
-    chunk_frames: int = Field(32, ge=1, le=1024, description="frames decoded at a time (bounds memory)")
+    chunk_frames: int = not_in_key(32, ge=1, le=1024, description="frames decoded at a time (bounds memory)")
 
     @property
     def fps(self) -> float | None:
         return self.model_fps if self.resample else None
 
 
-class Config(BaseModel):
+class _ConfigBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-    run: RunSettings = Field(default_factory=RunSettings)
-    probe: ProbeSettings = Field(default_factory=ProbeSettings)
-    decode: DecodeSettings = Field(default_factory=DecodeSettings)
-    track: TrackSettings = Field(default_factory=TrackSettings)
-    keypoints: KeypointsSettings = Field(default_factory=KeypointsSettings)
-    features: FeaturesSettings = Field(default_factory=FeaturesSettings)
-    camera: CameraSettings = Field(default_factory=CameraSettings)
-    estimate: EstimateSettings = Field(default_factory=EstimateSettings)
-    postprocess: PostprocessSettings = Field(default_factory=PostprocessSettings)
-    export: ExportSettings = Field(default_factory=ExportSettings)
 
     def digest(self) -> str:
         """Short hash of the whole config (recorded in clip.json and the report)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def planned_stages(self) -> tuple[str, ...]:
+        """The stages this config runs: ``run.stages`` (or ``run.until``) and what they need, in order."""
+        from stages import closure
+
+        return closure(self.run.stages or [self.run.until])
+
+
+def _section(model: type[BaseModel]) -> Any:
+    return (model, Field(default_factory=model))
+
+
+# run, decode, then one section per stage that has settings, in stage order
+Config = create_model(
+    "Config",
+    __base__=_ConfigBase,
+    run=_section(RunSettings),
+    decode=_section(DecodeSettings),
+    **{name: _section(spec.settings) for name, spec in SPECS.items() if spec.settings is not None},
+)
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:

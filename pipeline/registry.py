@@ -4,15 +4,20 @@ Resolution order for a name such as ``yolov8x.pt``:
 1. an existing path as given (absolute, or relative to the working directory);
 2. each folder of ``$GENMOCAP_WEIGHTS`` (``os.pathsep``-separated);
 3. the user cache ``$XDG_CACHE_HOME/genmocap/weights`` (default ``~/.cache/genmocap/weights``);
-4. a download into the user cache when the file has a public URL and downloads are allowed.
+4. a download into the user cache when the file has a public source and downloads are allowed.
 A file that cannot be found raises ``MissingWeightsError`` naming the file, the folders searched and how to
-get it. Weights never enter the repository.
+get it; :func:`require` checks a whole set of files and raises one error that lists every missing file.
+Weights never enter the repository.
 
-Public sources: YOLO from the Ultralytics release assets; GEM's checkpoint and GEM's ONNX exports of ViTPose-H
-and HMR2 from the Hugging Face repository ``nvidia/GEM-X`` (``gem_smpl.ckpt``, ``gem_smpl/onnx/*``;
-``$HF_ENDPOINT`` replaces ``https://huggingface.co`` for a mirror). An ONNX export larger than 2 GB comes as
-two files, ``<name>.onnx`` and its external-data sidecar ``<name>.onnx.data``, which must lie in the same
-folder: resolving the ``.onnx`` also fetches (or demands) the sidecar next to it.
+Public sources: YOLO from the Ultralytics release assets (plain HTTPS); GEM's checkpoint and GEM's ONNX
+exports of ViTPose-H and HMR2 from the Hugging Face repository ``nvidia/GEM-X`` (``gem_smpl.ckpt``,
+``gem_smpl/onnx/*``), each at the revision its registry entry names, downloaded with ``huggingface_hub``
+(a dropped connection is resumed; ``$HF_ENDPOINT`` replaces ``https://huggingface.co`` for a mirror). Hub
+files land in the same weights folder as the others, by file name (``huggingface_hub``'s ``local_dir``
+mode, not its cache layout; it keeps its bookkeeping in the hidden ``.cache/huggingface`` folder there).
+An ONNX export larger than 2 GB comes as two files, ``<name>.onnx`` and its external-data sidecar
+``<name>.onnx.data``, which must lie in the same folder: resolving the ``.onnx`` also fetches (or demands)
+the sidecar next to it.
 
 Hashes: a file with a pinned sha256 is checked when downloaded. Any other registered file has its sha256
 recorded on first use (download or first hash), per file name, in ``<cache>/recorded_sha256.json``; a later
@@ -28,38 +33,56 @@ import json
 import logging
 import os
 import threading
-import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline import __version__
-from pipeline.store import atomic_write_json
+
+# stages.files (atomic writes) is imported where used: importing the stages package loads every stage
+# module, torch included, which `genmocap --help` and `genmocap models` do not need.
 
 log = logging.getLogger(__name__)
 
 _ULTRA = "https://github.com/ultralytics/assets/releases/download/v8.3.0/"
 HF_HOME_URL = "https://huggingface.co"
 GEM_HUB_REPO = "nvidia/GEM-X"
-# The design notes name no commit of the hub repository, so files come from its main branch; the sha256
-# recorded on first use notices when one changes there.
-GEM_HUB_REVISION = "main"
 GEM_HUB_ONNX = "gem_smpl/onnx"
 
 
-def hub_url(path: str, repo: str = GEM_HUB_REPO, revision: str = GEM_HUB_REVISION) -> str:
-    """Download address of ``path`` in a Hugging Face model repository (plain HTTPS, no client library)."""
+def hub_endpoint() -> str:
+    """The Hugging Face hub to download from: ``$HF_ENDPOINT`` (a mirror) when set, else huggingface.co.
+
+    Read at every call: ``huggingface_hub`` reads the variable once, when it is first imported.
+    """
+    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or HF_HOME_URL
+
+
+def hub_url(path: str, repo: str = GEM_HUB_REPO, revision: str = "main") -> str:
+    """Public address of ``path`` in a Hugging Face model repository, at ``revision``."""
     return f"{HF_HOME_URL}/{repo}/resolve/{revision}/{path}"
 
 
 def source_url(url: str) -> str:
     """``url`` with the hub host replaced by ``$HF_ENDPOINT`` when that is set (mirrors, air-gapped hubs)."""
-    endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/")
-    if endpoint and url.startswith(HF_HOME_URL + "/"):
-        return endpoint + url[len(HF_HOME_URL) :]
+    if url.startswith(HF_HOME_URL + "/"):
+        return hub_endpoint() + url[len(HF_HOME_URL) :]
     return url
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """A file of a Hugging Face model repository: ``repo`` (owner/name), its ``path`` there, and the
+    ``revision`` (branch, tag or commit) to take it from."""
+
+    repo: str
+    path: str
+    revision: str = "main"
+
+    @property
+    def url(self) -> str:
+        return hub_url(self.path, self.repo, self.revision)
 
 
 @dataclass(frozen=True)
@@ -67,12 +90,13 @@ class WeightSpec:
     filename: str
     stage: str
     description: str
-    url: str | None  # public download, if any
+    url: str | None  # public download, if any (for a hub file: its address on huggingface.co)
     how_to_get: str
     licence: str
     sha256: str | None = None  # pinned when known
     size_mb: float | None = None
     sidecar: str | None = None  # a file that must lie in the same folder (ONNX external data)
+    hub: HubFile | None = None  # set: downloaded with huggingface_hub (url is then hub.url)
 
 
 def _yolo(name: str, size_mb: float) -> WeightSpec:
@@ -88,6 +112,13 @@ def _yolo(name: str, size_mb: float) -> WeightSpec:
     )
 
 
+def _gem_hub(path: str, stage: str, description: str, how_to_get: str, licence: str, **kw) -> WeightSpec:
+    """A file of GEM's hub repository, from its main branch: no commit of it is pinned yet, and the sha256
+    recorded on first use notices when a file changes there."""
+    hub = HubFile(GEM_HUB_REPO, path)
+    return WeightSpec(Path(path).name, stage, description, hub.url, how_to_get, licence, hub=hub, **kw)
+
+
 def _gem_onnx(stem: str, stage: str, description: str, licence: str, data_mb: float) -> list[WeightSpec]:
     """GEM's published ONNX export ``<stem>.onnx`` and its external-data sidecar ``<stem>.onnx.data``."""
     graph, data = f"{stem}.onnx", f"{stem}.onnx.data"
@@ -97,15 +128,14 @@ def _gem_onnx(stem: str, stage: str, description: str, licence: str, data_mb: fl
         "both in the same weights folder"
     )
     return [
-        WeightSpec(graph, stage, description, hub_url(f"{GEM_HUB_ONNX}/{graph}"), how, licence, sidecar=data),
-        WeightSpec(
-            data,
+        _gem_hub(f"{GEM_HUB_ONNX}/{graph}", stage, description, how, licence, sidecar=data),
+        _gem_hub(
+            f"{GEM_HUB_ONNX}/{data}",
             stage,
             f"weights of {graph} (ONNX external data; must lie next to it)",
-            hub_url(f"{GEM_HUB_ONNX}/{data}"),
             how,
             licence,
-            size_mb=data_mb,  # approximate: parameters x 4 bytes (perception-stages.md §0)
+            size_mb=data_mb,  # approximate: parameters x 4 bytes
         ),
     ]
 
@@ -151,11 +181,10 @@ REGISTRY: dict[str, WeightSpec] = {
             "MIT 4D-Humans weights, as published in nvidia/GEM-X (see its model card)",
             2680.0,
         ),
-        WeightSpec(
+        _gem_hub(
             "gem_smpl.ckpt",
             "estimate",
             "GEM (GENMO) estimation-mode denoiser",
-            hub_url("gem_smpl.ckpt"),
             "downloaded automatically when online (`genmocap models fetch`) from the Hugging Face repository "
             f"{GEM_HUB_REPO} (file gem_smpl.ckpt), or download it there by hand",
             f"NVIDIA's licence of the GEM release (see the {GEM_HUB_REPO} model card)",
@@ -175,8 +204,74 @@ REGISTRY: dict[str, WeightSpec] = {
 ARCHITECTURE_SUFFIXES = (".yaml", ".yml")
 
 
+@dataclass(frozen=True)
+class MissingFile:
+    """One absent weight file, as listed by :class:`MissingWeightsError`."""
+
+    name: str  # as asked for: a registry file name or a path
+    put_in: str  # where it goes
+    reason: str | None = None  # why it could not be had (a failed download), if tried
+    role: str | None = None  # what it is for, when the caller said (see :func:`require`)
+
+    def lines(self) -> list[str]:
+        """``weight file not found: NAME`` and indented lines: where it goes, how to get it, the source."""
+        head = f"weight file not found: {self.name}" + (f" ({self.role})" if self.role else "")
+        lines = [head, f"  put it in: {self.put_in}"]
+        spec = REGISTRY.get(Path(self.name).name)
+        if spec:
+            lines.append(f"  how to get it: {spec.how_to_get}")
+            if spec.url:
+                lines.append(f"  source: {source_url(spec.url)}")
+        else:
+            lines.append(
+                "  how to get it: not a registered weight file (`genmocap models` lists those); check the "
+                "name, or give the path of a file of your own"
+            )
+        if self.reason:
+            lines.append(f"  {self.reason}")
+        return lines
+
+
 class MissingWeightsError(FileNotFoundError):
-    """A weight file is not present; the message says which, where it goes and how to get it."""
+    """Weight files are not present; the message says which, where each goes and how to get it.
+
+    ``files`` lists them, one :class:`MissingFile` each.
+    """
+
+    def __init__(self, files: list[MissingFile] | str):
+        if isinstance(files, str):  # a plain message
+            self.files: list[MissingFile] = []
+            super().__init__(files)
+            return
+        self.files = list(files)
+        where = ", ".join(str(d) for d in search_dirs())
+        looked = f"  looked in: the path as given, {where}"
+        if len(self.files) == 1:
+            first, *rest = self.files[0].lines()
+            lines = [first, looked, *rest]
+        else:
+            names = ", ".join(f.name for f in self.files)
+            lines = [f"{len(self.files)} weight files not found: {names}", looked]
+            for f in self.files:
+                lines += f.lines()
+        super().__init__("\n".join(lines))
+
+    def __reduce__(self):  # pickled by process pools and orchestrators: the same message and files
+        return type(self), (str(self),), {"files": self.files}
+
+
+def _anywhere(name: str) -> str:
+    """Where a file that is not found goes: a path given with folders is only looked for there."""
+    if Path(name).name != name:
+        return f"{name} (the path given)"
+    return "one of the folders looked in (or set GENMOCAP_WEIGHTS=/path/to/weights)"
+
+
+def _next_to(graph: Path, sidecar: str) -> str:
+    return (
+        f"{graph.parent}, next to {graph.name} found there (an ONNX graph reads its external weights "
+        f"{sidecar} from its own folder)"
+    )
 
 
 def cache_dir() -> Path:
@@ -216,24 +311,29 @@ def locate(name: str) -> Path | None:
     return found[0]
 
 
-def download(spec: WeightSpec, dest_dir: Path | None = None, timeout: float = 30.0) -> Path:
-    """Download ``spec`` into ``dest_dir`` (default: the user cache) through a temp file and a rename.
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
-    A pinned sha256 is checked; otherwise the file's sha256 is recorded (see the module docstring). A short
-    read (fewer bytes than announced) or a network error raises :class:`MissingWeightsError`.
-    """
-    if not spec.url:
-        raise MissingWeightsError(_missing_message(spec.filename))
-    url = source_url(spec.url)
-    dest_dir = dest_dir or cache_dir() / "weights"
-    dest = dest_dir / spec.filename
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")  # concurrent downloads never collide
+
+def _check_pinned(spec: WeightSpec, digest: str, url: str) -> None:
+    if spec.sha256 and digest != spec.sha256:
+        reason = (
+            f"downloaded file has the wrong sha256 (corrupt download?): expected {spec.sha256}, got {digest} "
+            f"({url})"
+        )
+        raise MissingWeightsError([MissingFile(spec.filename, _anywhere(spec.filename), reason)])
+
+
+def _download_url(spec: WeightSpec, url: str, dest: Path, timeout: float) -> str:
+    """Stream ``url`` into ``dest`` (atomically, checking a pinned sha256); returns the file's sha256."""
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    from stages.files import atomic_path
+
     h = hashlib.sha256()
-    try:
-        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
-
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        request = urllib.request.Request(url, headers={"User-Agent": f"genmocap/{__version__}"})
+    request = urllib.request.Request(url, headers={"User-Agent": f"genmocap/{__version__}"})
+    with atomic_path(dest) as tmp:
         with urllib.request.urlopen(request, timeout=timeout) as r, open(tmp, "wb") as f:
             total = int(r.headers.get("Content-Length") or 0) or None
             done = 0
@@ -246,52 +346,83 @@ def download(spec: WeightSpec, dest_dir: Path | None = None, timeout: float = 30
                     bar.advance(task, len(chunk))
             if total is not None and done != total:
                 raise OSError(f"connection closed after {done} of {total} bytes")
-    except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as e:
-        tmp.unlink(missing_ok=True)
-        raise MissingWeightsError(_missing_message(spec.filename, f"download failed: {e} ({url})")) from e
-    except BaseException:  # e.g. Ctrl-C: leave no partial file behind
-        tmp.unlink(missing_ok=True)
-        raise
-    digest = h.hexdigest()
-    if spec.sha256 and digest != spec.sha256:
-        tmp.unlink(missing_ok=True)
-        raise MissingWeightsError(
-            f"{spec.filename}: downloaded file has the wrong sha256 (corrupt download?)\n"
-            f"  expected {spec.sha256}\n  got      {digest}\n  from     {url}"
+        _check_pinned(spec, h.hexdigest(), url)  # a mismatch leaves no file behind
+    return h.hexdigest()
+
+
+def _download_hub(spec: WeightSpec, hub: HubFile, dest: Path, timeout: float) -> str:
+    """Fetch ``hub`` with ``huggingface_hub`` into ``dest``'s folder as ``dest``; returns the file's sha256.
+
+    The client resumes a dropped transfer, checks the size and moves the finished file into place itself.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    from stages.files import atomic_path
+
+    endpoint, client = hub_endpoint(), {"library_name": "genmocap", "library_version": __version__}
+    # hf_hub_download retries an unanswered metadata request for about 25 s before it gives up; one request
+    # without retries first makes an offline run fail at once instead of after that wait per file.
+    url = hf_hub_url(hub.repo, hub.path, revision=hub.revision, endpoint=endpoint)
+    get_hf_file_metadata(url, timeout=timeout, endpoint=endpoint, **client)
+    got = Path(
+        hf_hub_download(
+            hub.repo,
+            hub.path,
+            revision=hub.revision,
+            local_dir=dest.parent,
+            endpoint=endpoint,
+            etag_timeout=timeout,
+            **client,
         )
-    os.replace(tmp, dest)
+    )
+    if got != dest:  # a file in a hub folder (gem_smpl/onnx/...) lands in that folder below local_dir
+        with atomic_path(dest) as tmp:  # also fsyncs, which the client's own move does not
+            os.replace(got, tmp)
+        for folder in got.relative_to(dest.parent).parents[:-1]:  # the emptied hub folders, deepest first
+            try:
+                (dest.parent / folder).rmdir()
+            except OSError:
+                break
+    digest = sha256_file(dest)
+    try:
+        _check_pinned(spec, digest, source_url(hub.url))
+    except MissingWeightsError:
+        dest.unlink(missing_ok=True)
+        raise
+    return digest
+
+
+def download(spec: WeightSpec, dest_dir: Path | None = None, timeout: float = 30.0) -> Path:
+    """Download ``spec`` into ``dest_dir`` (default: the user cache) as ``dest_dir / spec.filename``.
+
+    A hub file (``spec.hub``) comes through ``huggingface_hub`` from ``spec.hub.revision`` at
+    :func:`hub_endpoint`; any other through a plain HTTPS request to ``spec.url``. ``timeout`` bounds the
+    connection and the metadata request (``$HF_HUB_DOWNLOAD_TIMEOUT`` bounds the hub client's reads). A
+    pinned sha256 is checked; otherwise the file's sha256 is recorded (see the module docstring).
+
+    Raises:
+        MissingWeightsError: no public source, a network error, a short read or a wrong pinned sha256; no
+            partial file is left at ``dest_dir / spec.filename``.
+    """
+    put_in = _anywhere(spec.filename) if dest_dir is None else str(dest_dir)
+    if not spec.url:
+        raise MissingWeightsError([MissingFile(spec.filename, put_in)])
+    url = source_url(spec.url)
+    dest = (dest_dir or cache_dir() / "weights") / spec.filename
+    # the hub client raises OSError subclasses, but also errors of its HTTP library that are not OSErrors
+    errors = (Exception,) if spec.hub else (OSError, http.client.HTTPException)
+    try:
+        if spec.hub:
+            digest = _download_hub(spec, spec.hub, dest, timeout)
+        else:
+            digest = _download_url(spec, url, dest, timeout)
+    except MissingWeightsError:
+        raise
+    except errors as e:
+        reason = f"download failed: {_one_line(e)} ({url})"
+        raise MissingWeightsError([MissingFile(spec.filename, put_in, reason)]) from e
     _remember(dest, digest)
     return dest
-
-
-def _missing_message(name: str, extra: str | None = None) -> str:
-    spec = REGISTRY.get(Path(name).name)
-    where = ", ".join(str(d) for d in search_dirs())
-    lines = [f"weight file not found: {name}", f"  looked in: the path as given, {where}"]
-    lines.append("  put it in one of those folders (or set GENMOCAP_WEIGHTS=/path/to/weights)")
-    if spec:
-        lines.append(f"  how to get it: {spec.how_to_get}")
-        if spec.url:
-            lines.append(f"  source: {source_url(spec.url)}")
-    if extra:
-        lines.append(f"  {extra}")
-    return "\n".join(lines)
-
-
-def _sidecar_message(main: Path, spec: WeightSpec, extra: str | None = None) -> str:
-    side = REGISTRY.get(spec.sidecar or "")
-    lines = [
-        f"weight file not found: {spec.sidecar}",
-        f"  {main.name} was found in {main.parent}, but its external weights {spec.sidecar} are not next "
-        "to it (an ONNX graph reads them from its own folder)",
-        f"  put {spec.sidecar} in {main.parent}",
-    ]
-    if side and side.url:
-        lines.append(f"  how to get it: {side.how_to_get}")
-        lines.append(f"  source: {source_url(side.url)}")
-    if extra:
-        lines.append(f"  {extra}")
-    return "\n".join(lines)
 
 
 def resolve(name: str, *, allow_download: bool = True) -> Path:
@@ -310,18 +441,47 @@ def resolve(name: str, *, allow_download: bool = True) -> Path:
     found = locate(name)
     if found is None:
         if not (allow_download and spec and spec.url and Path(name).name == name):
-            raise MissingWeightsError(_missing_message(name))
+            raise MissingWeightsError([MissingFile(name, _anywhere(name))])
         found = download(spec)
     # only for the registry's own name: a path the user gives may be a single-file export of their own
     if spec and spec.sidecar and Path(name).name == name and not (found.parent / spec.sidecar).is_file():
         side = REGISTRY.get(spec.sidecar)
         if not (allow_download and side and side.url):
-            raise MissingWeightsError(_sidecar_message(found, spec))
+            raise MissingWeightsError([MissingFile(spec.sidecar, _next_to(found, spec.sidecar))])
         try:
             download(side, dest_dir=found.parent)
         except MissingWeightsError as e:
-            raise MissingWeightsError(_sidecar_message(found, spec, str(e).splitlines()[-1].strip())) from e
+            reason = e.files[0].reason if e.files else None
+            raise MissingWeightsError(
+                [MissingFile(spec.sidecar, _next_to(found, spec.sidecar), reason)]
+            ) from e
     return found
+
+
+def require(files: Mapping[str, str], *, allow_download: bool = True) -> dict[str, Path]:
+    """Resolve a set of weight files at once: ``{role: file name or path}`` → ``{role: path}``.
+
+    Every file is tried (and downloaded when it can be and ``allow_download``), so one error names them all.
+
+    Raises:
+        MissingWeightsError: one error listing every file that is still missing (with its role, where it goes
+            and how to get it).
+    """
+    roles: dict[str, list[str]] = {}
+    for role, name in files.items():
+        roles.setdefault(name, []).append(role)
+    paths: dict[str, Path] = {}
+    missing: list[MissingFile] = []
+    for name, named_roles in roles.items():
+        try:
+            paths[name] = resolve(name, allow_download=allow_download)
+        except MissingWeightsError as e:
+            role = ", ".join(named_roles)
+            found = e.files or [MissingFile(name, _anywhere(name), str(e))]
+            missing += [replace(f, role=role) for f in found]
+    if missing:
+        raise MissingWeightsError(missing)
+    return {role: paths[name] for role, name in files.items()}
 
 
 def fetch_all(names: list[str] | None = None) -> Iterator[tuple[str, Path | None, str | None]]:
@@ -376,6 +536,8 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
+    from stages.files import atomic_write_json
+
     try:
         atomic_write_json(path, data)
     except OSError:

@@ -12,7 +12,6 @@ temp directories (swept on the next open).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from stages.files import fsync_dir, fsync_file, npz_bytes
 
 TMP_MAX_AGE_S = 24 * 3600  # temp dirs older than this belong to dead runs
 
@@ -54,44 +55,6 @@ def artifact_key(
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``path`` so that it is either absent/old or complete: temp file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
-
-
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
 
 
 class ArtifactStore:
@@ -141,11 +104,11 @@ class ArtifactStore:
         try:
             if artifact.arrays:
                 (staging / "arrays.npz").write_bytes(npz_bytes(artifact.arrays))
-                _fsync_file(staging / "arrays.npz")
+                fsync_file(staging / "arrays.npz")
             # meta.json last: its presence marks a complete artifact.
             (staging / "meta.json").write_text(json.dumps(artifact.meta, indent=2, default=str))
-            _fsync_file(staging / "meta.json")
-            _fsync_dir(staging)
+            fsync_file(staging / "meta.json")
+            fsync_dir(staging)
             final.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.rename(staging, final)
@@ -153,7 +116,7 @@ class ArtifactStore:
                 if not self.has(stage, key):  # a broken leftover at the final name: replace it
                     shutil.rmtree(final, ignore_errors=True)
                     os.rename(staging, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return final

@@ -31,26 +31,19 @@ import json
 import math
 import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.gem.rollout import static_cam_angvel
-from models.gem.rotations import matrix_to_rot6d
-from stages.camera_opencv import (
-    OpenCVSettings,
-    RotationSolver,
-    SolveResult,
-    project_so3,
-    rotation_angle_deg,
-)
-from stages.track import Tracks
-from stages.video import FFPROBE, MediaError, VideoInfo, iter_chunks, list_image_frames
+from models.geometry import project_so3, quat_to_matrix, quat_xyzw_to_wxyz, rotation_angle_deg, slerp_resample
+from stages.camera_opencv import OpenCVSettings, RotationSolver, SolveResult
+from stages.results import Tracks
+from stages.spec import ClipRun, PixelJob, StageEnv, StageSpec, not_in_key
+from stages.video import FFPROBE, FrameChunk, MediaError, VideoInfo, iter_chunks, list_image_frames
 
 if TYPE_CHECKING:
     from stages.camera_droid import DroidJob
@@ -107,7 +100,7 @@ class DroidSettings(BaseModel):
     buffer: int | None = Field(
         None, ge=16, description="keyframe slots on the GPU; default min(frames, 2048)"
     )
-    timeout_s: float = Field(3600.0, gt=0, description="worker time limit per clip (seconds)")
+    timeout_s: float = not_in_key(3600.0, gt=0, description="worker time limit per clip (seconds)")
 
 
 class FileCameraSettings(BaseModel):
@@ -323,6 +316,11 @@ def cam_angvel(R_w2c: np.ndarray) -> np.ndarray:
         raise ValueError(f"R_w2c must be (T, 3, 3) with T >= 1, got {R.shape}")
     if not np.isfinite(R).all():
         raise ValueError("R_w2c has non-finite values")
+    import torch
+
+    from models.gem.rollout import static_cam_angvel
+    from models.gem.rotations import matrix_to_rot6d
+
     if len(R) == 1:
         return static_cam_angvel(1).numpy()
     R = project_so3(R)
@@ -382,11 +380,6 @@ class Camera:
         solved and GEM may be told so. Samples with ``valid`` False then carry interpolated motion; prefer
         the per-sample ``has_cam_mask`` where the caller accepts it."""
         return bool(self.has_cam_mask.any())
-
-    @property
-    def valid_all(self) -> bool:
-        """Solved, and every sample's motion measured."""
-        return bool(self.solved and self.valid.all())
 
     def cam_angvel(self) -> np.ndarray:
         """(T, 6) float32 GEM ``cam_angvel`` (see the module function)."""
@@ -516,15 +509,6 @@ class CameraFile:
 _GL = np.diag([1.0, -1.0, -1.0])
 
 
-def _quat_to_matrix(q: np.ndarray, order: str) -> np.ndarray:
-    from stages.camera_droid import quat_xyzw_to_matrix
-
-    q = np.asarray(q, dtype=np.float64).reshape(-1, 4)
-    if order == "wxyz":
-        q = q[:, [1, 2, 3, 0]]
-    return quat_xyzw_to_matrix(q)
-
-
 def load_camera_file(path: Path, settings: FileCameraSettings) -> CameraFile:
     """Read a user camera (formats in ``FileCameraSettings``) and convert it to OpenCV world-to-camera.
 
@@ -564,7 +548,7 @@ def load_camera_file(path: Path, settings: FileCameraSettings) -> CameraFile:
         if key.startswith("q"):
             if raw.ndim != 2 or raw.shape[1] != 4:
                 raise CameraError(f"{path}: {key} must be (N, 4), got {raw.shape}")
-            R = _quat_to_matrix(raw, settings.quat_order)
+            R = quat_to_matrix(raw if settings.quat_order == "wxyz" else quat_xyzw_to_wxyz(raw))
         else:
             if raw.ndim != 3 or raw.shape[1:] != (3, 3):
                 raise CameraError(f"{path}: {key} must be (N, 3, 3), got {raw.shape}")
@@ -631,13 +615,7 @@ def camera_file_fingerprint(settings: CameraSettings, info: VideoInfo) -> str | 
 def _slerp_at(R: np.ndarray, x: np.ndarray, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rotations at positions ``xq`` from keys (x, R) (x increasing): slerp inside, nearest outside;
     returns (R (Q, 3, 3), inside (Q,) bool)."""
-    from scipy.spatial.transform import Rotation, Slerp
-
-    inside = (xq >= x[0]) & (xq <= x[-1])
-    if len(x) == 1:
-        return np.repeat(R, len(xq), axis=0), inside
-    out = Slerp(x, Rotation.from_matrix(R))(np.clip(xq, x[0], x[-1])).as_matrix()
-    return out, inside
+    return slerp_resample(x, R, xq), (xq >= x[0]) & (xq <= x[-1])
 
 
 def _camera_from_file(cf: CameraFile, info: VideoInfo, tracks: Tracks) -> tuple[np.ndarray, np.ndarray, str]:
@@ -785,6 +763,7 @@ def run_camera(
     progress: Progress | None = None,
     total: int | None = None,
     droid_weights: Path | None = None,
+    chunks: Iterable[FrameChunk] | None = None,
 ) -> Camera:
     """The camera of one clip on the track stage's sample timeline.
 
@@ -796,6 +775,7 @@ def run_camera(
         chunk_frames: frames decoded per chunk.
         progress: called with (samples done, ``total``) after each chunk.
         droid_weights: resolved path of ``camera.droid.weights`` (the pipeline's registry resolves it).
+        chunks: decoded chunks from a decode shared with other stages (default: decode the clip here).
     Returns:
         The Camera; ``status == "failed"`` (with ``reason``) when no camera could be measured.
     Raises:
@@ -865,6 +845,7 @@ def run_camera(
             chunk_frames=chunk_frames,
             progress=progress,
             total=total,
+            chunks=chunks,
         )
     finally:
         if job is not None:
@@ -883,13 +864,16 @@ def _solve_pixels(
     chunk_frames: int,
     progress: Progress | None,
     total: int | None,
+    chunks: Iterable[FrameChunk] | None = None,
 ) -> Camera:
     """Decode once, feed the pixel backends, and choose the result (see ``run_camera``)."""
     T = b.T
     boxes = _boxes_per_sample(tracks)
     sfi = np.asarray(tracks.sample_frame_index, dtype=np.int64)
     k = 0
-    for chunk in iter_chunks(info, chunk_frames=chunk_frames, fps=fps):
+    if chunks is None:
+        chunks = iter_chunks(info, chunk_frames=chunk_frames, fps=fps)
+    for chunk in chunks:
         n = len(chunk)
         if k + n > T or not np.array_equal(chunk.frame_index, sfi[k : k + n]):
             raise CameraError(
@@ -933,3 +917,93 @@ def _solve_pixels(
         stats["max_diff_vs_opencv_deg"] = round(float(diff.max()), 4)
     solve = SolveResult(project_so3(R), np.ones(T, bool), quality, stats)
     return b.from_solve(solve, "droid")
+
+
+# --------------------------------------------------------------------------------------------------------
+# The stage contract
+
+
+def _weights(cfg, env: StageEnv | None) -> dict[str, str]:
+    cam = cfg.camera
+    # a missing DROID falls back to opencv (with a warning) unless fallback is off
+    return {"droid": cam.droid.weights} if cam.backend == "droid" and not cam.fallback else {}
+
+
+def _key_inputs(run: ClipRun) -> dict:
+    s: CameraSettings = run.cfg.camera
+    inputs: dict[str, Any] = {}
+    if s.backend == "file":
+        inputs["file"] = camera_file_fingerprint(s, run.results["probe"])
+    if s.backend == "droid" or (s.backend == "auto" and s.droid.in_auto):
+        w = run.env.locate(s.droid.weights)
+        inputs["droid"] = run.env.file_hash(w) if w else None
+    return inputs
+
+
+def _solve(run: ClipRun, chunks: Iterable[FrameChunk] | None = None) -> Camera:
+    env, cfg = run.env, run.cfg
+    tracks: Tracks = run.results["track"]
+    total = len(tracks.sample_frame_index)
+    return run_camera(
+        run.results["probe"],
+        tracks,
+        cfg.camera,
+        fps=cfg.decode.fps,
+        chunk_frames=cfg.decode.chunk_frames,
+        progress=env.progress.stage(run.clip_id, "camera", total),
+        total=total,
+        droid_weights=env.locate(cfg.camera.droid.weights),
+        chunks=chunks,
+    )
+
+
+def _pixel_pass(run: ClipRun, names: tuple[str, ...]) -> PixelJob | None:
+    """The solve as a consumer of the crops decode (static and file cameras need no pixels)."""
+    cfg = run.cfg
+    if cfg.camera.backend in ("static", "file"):
+        return None
+    return PixelJob(
+        run.results["probe"],
+        cfg.decode.fps,
+        cfg.decode.chunk_frames,
+        names,
+        lambda chunks: {"camera": _solve(run, chunks)},
+    )
+
+
+def _publish(run: ClipRun, cam: Camera, clip_dir: Path) -> None:
+    """``camera.npz`` / ``camera.json``: the result at the model rate (``Camera.to_arrays``)."""
+    from stages.files import atomic_write_bytes, atomic_write_json, npz_bytes
+
+    meta, arrays = cam.to_arrays()
+    atomic_write_bytes(clip_dir / "camera.npz", npz_bytes(arrays))
+    atomic_write_json(clip_dir / "camera.json", meta)
+
+
+def _unpublish(run: ClipRun, clip_dir: Path) -> None:
+    for name in ("camera.npz", "camera.json"):
+        (clip_dir / name).unlink(missing_ok=True)
+
+
+def _warnings(run: ClipRun, cam: Camera) -> list[str]:
+    out = [] if cam.solved else [f"camera unknown: {cam.reason} (GEM was told the camera is unknown)"]
+    return out + [f"camera: {w}" for w in cam.warnings]
+
+
+SPEC = StageSpec(
+    name="camera",
+    version=VERSION,
+    settings=CameraSettings,
+    needs=("probe", "track"),
+    reads=("decode",),
+    weights=_weights,
+    key_inputs=_key_inputs,
+    compute=_solve,
+    pixel_pass=_pixel_pass,
+    save=lambda cam: cam.to_arrays(),
+    load=Camera.from_arrays,
+    publish=_publish,
+    unpublish=_unpublish,
+    report=lambda cam: {"camera": cam.summary() if cam is not None else None},
+    warnings=_warnings,
+)

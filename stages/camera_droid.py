@@ -40,8 +40,6 @@ __all__ = [
     "anchor_to_first",
     "droid_available",
     "droid_size",
-    "quat_xyzw_to_matrix",
-    "matrix_to_quat_xyzw",
     "scaled_intrinsics",
     "tum_to_w2c",
     "w2c_to_tum",
@@ -51,52 +49,32 @@ WORKER = Path(__file__).resolve()
 
 
 # --------------------------------------------------------------------------------------------------------
-# Conversions (pure numpy; unit-tested without DROID)
-
-
-def quat_xyzw_to_matrix(q: np.ndarray) -> np.ndarray:
-    """Unit quaternions (..., 4) in scalar-last order (x, y, z, w), as DROID/lietorch/TUM/scipy write them,
-    to rotation matrices (..., 3, 3). Quaternions are normalised first."""
-    q = np.asarray(q, dtype=np.float64)
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    x, y, z, w = np.moveaxis(q, -1, 0)
-    return np.stack(
-        [
-            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-            np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-            np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
-        ],
-        -2,
-    )
-
-
-def matrix_to_quat_xyzw(R: np.ndarray) -> np.ndarray:
-    """Rotation matrices (..., 3, 3) -> unit quaternions (..., 4), scalar-last, w >= 0."""
-    from scipy.spatial.transform import Rotation
-
-    R = np.asarray(R, dtype=np.float64)
-    q = Rotation.from_matrix(R.reshape(-1, 3, 3)).as_quat().reshape(*R.shape[:-2], 4)
-    return np.where(q[..., 3:4] < 0, -q, q)
+# Conversions (numpy, ``models.geometry``; unit-tested without DROID). The geometry module is imported inside
+# them: the worker script runs outside this project.
 
 
 def tum_to_w2c(traj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """TUM/DROID rows ``[tx, ty, tz, qx, qy, qz, qw]`` of camera-to-world poses (N, 7) ->
     (R_w2c (N, 3, 3), t_w2c (N, 3)) with ``x_cam = R_w2c x_world + t_w2c``."""
+    from models.geometry import quat_to_matrix, quat_xyzw_to_wxyz
+
     traj = np.asarray(traj, dtype=np.float64)
     if traj.ndim != 2 or traj.shape[1] != 7:
         raise ValueError(f"expected (N, 7) TUM rows, got {traj.shape}")
-    R_c2w = quat_xyzw_to_matrix(traj[:, 3:7])
+    R_c2w = quat_to_matrix(quat_xyzw_to_wxyz(traj[:, 3:7]))
     R_w2c = np.transpose(R_c2w, (0, 2, 1))
     t_w2c = -np.einsum("nij,nj->ni", R_w2c, traj[:, :3])
     return R_w2c, t_w2c
 
 
 def w2c_to_tum(R_w2c: np.ndarray, t_w2c: np.ndarray) -> np.ndarray:
-    """Inverse of ``tum_to_w2c``: (N, 7) camera-to-world rows ``[tx, ty, tz, qx, qy, qz, qw]``."""
+    """Inverse of ``tum_to_w2c``: (N, 7) camera-to-world rows ``[tx, ty, tz, qx, qy, qz, qw]`` (qw >= 0)."""
+    from models.geometry import matrix_to_quat, quat_wxyz_to_xyzw
+
     R_w2c = np.asarray(R_w2c, dtype=np.float64)
     R_c2w = np.transpose(R_w2c, (0, 2, 1))
     C = -np.einsum("nij,nj->ni", R_c2w, np.asarray(t_w2c, dtype=np.float64))
-    return np.concatenate([C, matrix_to_quat_xyzw(R_c2w)], axis=1)
+    return np.concatenate([C, quat_wxyz_to_xyzw(matrix_to_quat(R_c2w, canonical=True))], axis=1)
 
 
 def anchor_to_first(
@@ -108,14 +86,12 @@ def anchor_to_first(
     Raises:
         ValueError: NaN/inf values.
     """
+    from models.geometry import project_so3
+
     R = np.asarray(R_w2c, dtype=np.float64)
     if not np.isfinite(R).all():
         raise ValueError("non-finite rotations")
-    Rn = R @ R[0].T
-    U, _, Vt = np.linalg.svd(Rn)
-    d = np.sign(np.linalg.det(U @ Vt))
-    U[..., :, 2] *= d[..., None]
-    Rn = U @ Vt
+    Rn = project_so3(R @ R[0].T)
     Rn[0] = np.eye(3)
     if t_w2c is None:
         return Rn, None

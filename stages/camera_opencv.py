@@ -27,6 +27,9 @@ the identity relative rotation: the picture did not change.
 
 Rotations follow ``stages.camera``: ``R_w2c`` maps world (= camera of sample 0) to camera coordinates, OpenCV
 axes (x right, y down, z forward); ``rel[t] = R_w2c[t+1] R_w2c[t]^T``.
+
+OpenCV is imported by the solver when it is built, so the settings can be imported (by ``stages.camera``, the
+config) without it.
 """
 
 from __future__ import annotations
@@ -34,11 +37,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.ndimage import gaussian_filter1d
-from scipy.spatial.transform import Rotation
+
+from models.geometry import project_so3, rotation_angle_deg, so3_exp, so3_log
 
 __all__ = [
     "OpenCVSettings",
@@ -46,9 +49,6 @@ __all__ = [
     "SolveResult",
     "fit_rotation",
     "kabsch",
-    "project_so3",
-    "so3_exp",
-    "so3_log",
 ]
 
 
@@ -90,31 +90,7 @@ class OpenCVSettings(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------------------
-# SO(3) helpers (numpy, float64)
-
-
-def project_so3(M: np.ndarray) -> np.ndarray:
-    """Nearest rotation (Frobenius) to each (..., 3, 3) matrix, det +1."""
-    U, _, Vt = np.linalg.svd(M)
-    d = np.sign(np.linalg.det(U @ Vt))
-    d = np.where(d == 0, 1.0, d)
-    U = U.copy()
-    U[..., :, 2] *= d[..., None]
-    return U @ Vt
-
-
-def so3_log(R: np.ndarray) -> np.ndarray:
-    """Rotation matrices (..., 3, 3) -> rotation vectors (..., 3), radians."""
-    R = np.asarray(R, dtype=np.float64)
-    shp = R.shape[:-2]
-    return Rotation.from_matrix(R.reshape(-1, 3, 3)).as_rotvec().reshape(*shp, 3)
-
-
-def so3_exp(w: np.ndarray) -> np.ndarray:
-    """Rotation vectors (..., 3) -> rotation matrices (..., 3, 3)."""
-    w = np.asarray(w, dtype=np.float64)
-    shp = w.shape[:-1]
-    return Rotation.from_rotvec(w.reshape(-1, 3)).as_matrix().reshape(*shp, 3, 3)
+# Rotation fits (numpy, float64; SO(3) maps in ``models.geometry``)
 
 
 def kabsch(b1: np.ndarray, b2: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
@@ -195,21 +171,12 @@ def fit_rotation(
     return R, r < thr, r
 
 
-def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
-    """Rotation angle(s) of (..., 3, 3) matrices in degrees, accurate near 0 (atan2 of the axial part and the
-    trace; arccos of the trace alone loses ~0.01 deg to rounding)."""
-    R = np.asarray(R, dtype=np.float64)
-    s = 0.5 * np.stack(
-        [R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1
-    )
-    c = (np.trace(R, axis1=-2, axis2=-1) - 1.0) / 2.0
-    return np.degrees(np.arctan2(np.linalg.norm(s, axis=-1), c))
-
-
 # --------------------------------------------------------------------------------------------------------
 # The solver
 
-_ESSENTIAL_METHOD = getattr(cv2, "USAC_MAGSAC", cv2.RANSAC)
+
+def _essential_method(cv2):
+    return getattr(cv2, "USAC_MAGSAC", cv2.RANSAC)
 
 
 @dataclass
@@ -243,6 +210,8 @@ class RotationSolver:
     """
 
     def __init__(self, K: np.ndarray, image_wh: tuple[int, int], settings: OpenCVSettings):
+        import cv2
+
         self.K = np.asarray(K, dtype=np.float64)
         self.Kinv = np.linalg.inv(self.K)
         self.W, self.H = int(image_wh[0]), int(image_wh[1])
@@ -291,6 +260,8 @@ class RotationSolver:
     # -- image helpers -----------------------------------------------------------------------------------
 
     def _gray(self, frame: np.ndarray) -> np.ndarray:
+        import cv2
+
         g = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
         if (g.shape[1], g.shape[0]) != (self.w, self.h):
             g = cv2.resize(g, (self.w, self.h), interpolation=cv2.INTER_AREA)
@@ -321,6 +292,8 @@ class RotationSolver:
         return b / np.linalg.norm(b, axis=1, keepdims=True)
 
     def _detect(self, g: np.ndarray, mask: np.ndarray, existing: np.ndarray, want: int) -> np.ndarray:
+        import cv2
+
         if want <= 0:
             return np.zeros((0, 2), np.float32)
         m = mask.copy()
@@ -354,6 +327,8 @@ class RotationSolver:
         self, img0: np.ndarray, img1: np.ndarray, p0: np.ndarray, init: np.ndarray | None = None
     ) -> np.ndarray:
         """Forward-backward checked LK; returns the new positions with NaN rows for lost tracks."""
+        import cv2
+
         out = np.full_like(p0, np.nan)
         if len(p0) == 0:
             return out
@@ -497,14 +472,17 @@ class RotationSolver:
 
     def _essential(self, q0: np.ndarray, q1: np.ndarray, R_rot: np.ndarray) -> tuple[np.ndarray | None, int]:
         """(R, inliers) of the keyframe pair from the essential matrix, or (None, 0)."""
+        import cv2
+
         a, b = self._full(q0), self._full(q1)
         thr = self.cfg.ransac_threshold_px / self.s
-        if _ESSENTIAL_METHOD == cv2.RANSAC:  # (MAGSAC++ has its own fixed seed; RANSAC a global RNG)
+        method = _essential_method(cv2)
+        if method == cv2.RANSAC:  # (MAGSAC++ has its own fixed seed; RANSAC a global RNG)
             cv2.setRNGSeed(self.cfg.seed + len(self.keyedges))
         try:
             # MAGSAC++ refines the model on its inliers: plain RANSAC's minimal-sample E is ~3x noisier.
             E, inl = cv2.findEssentialMat(
-                a, b, self.K, method=_ESSENTIAL_METHOD, prob=0.999, threshold=thr, maxIters=2000
+                a, b, self.K, method=method, prob=0.999, threshold=thr, maxIters=2000
             )
         except cv2.error:
             return None, 0

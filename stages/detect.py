@@ -1,7 +1,8 @@
 """Person detection with an ultralytics YOLO model, batched over decoded chunks.
 
-Only detection lives here; identities come from our own tracker (``stages.tracking``), which is fed the real
-frame rate. Ultralytics' own ``track()`` hard-codes 30 fps and couples the tracker to its internals.
+Only detection lives here; identities come from ``stages.tracking``, which runs ultralytics' tracker on these
+detections at the real frame rate (``YOLO.track()`` would fix the lost window in frames and couple tracking to
+the predictor).
 """
 
 from __future__ import annotations
@@ -13,19 +14,27 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from stages.spec import not_in_key
+
 PERSON_CLASS = 0  # COCO class id of "person"
 
-# Read by ultralytics at import: no runtime pip installs, no downloads of its own (our registry resolves
-# weight files), no telemetry; its settings file goes to our cache instead of ~/.config.
-for _k, _v in {
-    "YOLO_AUTOINSTALL": "false",
-    "YOLO_OFFLINE": "true",
-    "YOLO_VERBOSE": "false",
-    "YOLO_CONFIG_DIR": str(
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genmocap" / "ultralytics"
-    ),
-}.items():
-    os.environ.setdefault(_k, _v)
+
+def configure_ultralytics() -> None:
+    """Environment read by ultralytics when it is first imported: no runtime pip installs, no downloads of
+    its own (our registry resolves weight files), no telemetry; its settings file goes to our cache instead
+    of ~/.config. Call before importing ultralytics; values already set by the user win."""
+    for k, v in {
+        "YOLO_AUTOINSTALL": "false",
+        "YOLO_OFFLINE": "true",
+        "YOLO_VERBOSE": "false",
+        "YOLO_CONFIG_DIR": str(
+            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genmocap" / "ultralytics"
+        ),
+    }.items():
+        os.environ.setdefault(k, v)
+
+
+configure_ultralytics()
 
 
 class DetectorSettings(BaseModel):
@@ -34,7 +43,7 @@ class DetectorSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    weights: str = Field(
+    weights: str = not_in_key(
         "yolov8x.pt",
         description="registry file name (yolov8x.pt, yolo11x.pt, ...), a path to any ultralytics weight "
         "file, or an ultralytics model yaml (random weights: smoke tests only)",
@@ -44,7 +53,7 @@ class DetectorSettings(BaseModel):
     imgsz: int = Field(640, ge=32, description="letterbox size (multiple of 32)")
     max_det: int = Field(100, ge=1)
     half: bool = Field(True, description="fp16 on CUDA (ignored on CPU)")
-    batch: int = Field(16, ge=1, description="frames per forward pass")
+    batch: int = not_in_key(16, ge=1, description="frames per forward pass")
 
 
 class PersonDetector:

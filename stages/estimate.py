@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.gem import codec
-from models.gem.camera import default_intrinsics
-from models.gem.network import GemNetwork
-from models.gem.rollout import static_cam_angvel
-from models.gem.skeleton import Skeleton
+from stages.results import PersonArrays, Tracks
+from stages.spec import ClipRun, StageEnv, StageSpec, not_in_key
+from stages.track import no_person
+
+if TYPE_CHECKING:  # torch and GEM are imported where they are used: importing the stage stays cheap
+    import torch
+
+    from models.gem.network import GemNetwork
+    from models.gem.skeleton import Skeleton
 
 VERSION = "1"
 NUM_KP = 17  # COCO-17
@@ -32,13 +35,13 @@ IMG_DIM = 1024  # HMR2 token width
 class EstimateSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: str = Field("gem_smpl.ckpt", description="GEM checkpoint: registry name or path")
+    checkpoint: str = not_in_key("gem_smpl.ckpt", description="GEM checkpoint: registry name or path")
     num_heads: int | None = Field(None, ge=1, description="attention heads (None: the official model's 8)")
     mode: Literal["ddim", "regression"] = Field("ddim", description="ddim: the reference demo (50 steps)")
     steps: int = Field(50, ge=1, le=1000)
     seed: int | None = Field(0, description="initial-noise seed per person; None: zero noise")
     bf16: bool = Field(False, description="bf16 autocast (CUDA only)")
-    batch_people: int = Field(4, ge=1, description="people per network pass (does not change results)")
+    batch_people: int = not_in_key(4, ge=1, description="people per network pass (does not change results)")
 
 
 @dataclass
@@ -92,6 +95,11 @@ def span_inputs(
     Returns:
         (first sample s0, present (L,) bool, inputs dict of (L, ...) tensors) with L = last - s0 + 1.
     """
+    import torch
+
+    from models.gem.camera import default_intrinsics
+    from models.gem.rollout import static_cam_angvel
+
     idx = np.asarray(p.sample_index, dtype=np.int64)
     if len(idx) < 2 or np.any(np.diff(idx) <= 0):
         raise ValueError(f"person {p.person_id}: needs >= 2 increasing samples")
@@ -130,6 +138,8 @@ def span_inputs(
 
 def _pad(x: torch.Tensor, L: int) -> torch.Tensor:
     """Pad dim 0 to L by repeating the last row (finite values; the network masks them by length)."""
+    import torch
+
     return x if x.shape[0] == L else torch.cat([x, x[-1:].expand(L - x.shape[0], *x.shape[1:])])
 
 
@@ -152,6 +162,10 @@ def estimate_people(
     ``pred_x`` (L, 151), ``pred_cam`` (L, 3), ``bbx_xys`` (L, 3), ``cam_angvel`` (L, 6). With ``skeleton``
     None the contact post-process and IK are skipped (see :mod:`stages.postprocess`).
     """
+    import torch
+
+    from models.gem import codec
+
     results: list[dict[str, np.ndarray]] = []
     device = net.device
     for start in range(0, len(people), settings.batch_people):
@@ -205,8 +219,93 @@ def estimate_people(
 
 def _noise(seed: int, length: int) -> torch.Tensor:
     """(length, 151) standard normal x_T of one person, drawn on the CPU (same on every device)."""
+    import torch
+
+    from models.gem import codec
+
     return torch.randn(length, codec.MOTION_DIM, generator=torch.Generator().manual_seed(seed))
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------------------------
+# The stage contract
+
+
+def gem_network(weights, settings: EstimateSettings, device: str) -> GemNetwork:
+    """GEM's network from its checkpoint, loaded once per process."""
+    from models.cache import cached
+    from models.gem.checkpoint import load_gem
+
+    key = ("gem", str(weights), device, settings.num_heads)
+    return cached(key, lambda: load_gem(weights, device, num_heads=settings.num_heads))
+
+
+def _compute(run: ClipRun) -> PersonArrays:
+    env, cfg = run.env, run.cfg
+    tracks: Tracks = run.results["track"]
+    kp: PersonArrays = run.results["keypoints"]
+    ft: PersonArrays | None = run.results.get("features")
+    people = []
+    for p in tracks.people:
+        f = ft.arrays[p.person_id]["f_imgseq"] if ft is not None else None
+        people.append(
+            PersonInput(
+                person_id=p.person_id,
+                sample_index=p.sample_index,
+                bbx_xys=p.bbx_xys,
+                kp2d=kp.arrays[p.person_id]["kp2d"],
+                f_imgseq=f,
+                has_img=None if f is None else np.ones(len(p.sample_index), bool),
+            )
+        )
+    cam = run.results.get("camera")  # stages.camera.Camera
+    S = len(tracks.sample_frame_index)
+    K = angvel = None
+    known: bool | np.ndarray = True
+    if cam is not None:
+        K = np.repeat(cam.K[None].astype(np.float32), S, axis=0)
+        angvel = cam.cam_angvel()
+        known = cam.has_cam_mask
+    net = gem_network(env.weights("gem"), cfg.estimate, env.device)
+    env.progress.stage(run.clip_id, "estimate")
+    results = estimate_people(
+        net, people, tracks.image_wh, cfg.estimate, skeleton=None, K=K, cam_angvel=angvel, camera_known=known
+    )
+    meta = {
+        "features": ft is not None,
+        "camera": "static (no camera stage)" if cam is None else cam.backend,
+        "camera_known_fraction": float(np.mean(known)),
+    }
+    return PersonArrays(meta, {p.person_id: r for p, r in zip(people, results, strict=True)})
+
+
+def _warnings(run: ClipRun, result: PersonArrays) -> list[str]:
+    fps = run.results["track"].fps
+    return (
+        [f"estimate: GEM expects 30 fps samples, got {fps:.3f} (decode.resample=false)"]
+        if abs(fps - 30) > 0.5
+        else []
+    )
+
+
+def _weights(cfg, env: StageEnv | None) -> dict[str, str]:
+    return {"gem": cfg.estimate.checkpoint}
+
+
+SPEC = StageSpec(
+    name="estimate",
+    version=VERSION,
+    settings=EstimateSettings,
+    needs=("track", "keypoints"),
+    uses=("features", "camera"),
+    weights=_weights,
+    key_inputs=lambda run: {"gem": run.env.weights_hash("gem")},
+    compute=_compute,
+    save=lambda r: r.to_arrays(),
+    load=PersonArrays.from_arrays,
+    skip=no_person,
+    warnings=_warnings,
+)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +37,23 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from scipy.spatial.transform import Rotation
 
 from models.body_model import JOINT_NAMES, NUM_BODY_JOINTS, NUM_JOINTS, BodyModel, BodyModelError
+from models.geometry import (
+    axis_angle_to_matrix,
+    axis_angle_to_quat,
+    matrix_to_quat,
+    quat_continuous,
+    quat_slerp,
+    quat_to_axis_angle,
+    quat_to_matrix,
+)
+from stages.export_bvh import read_bvh, write_bvh
+from stages.export_fbx import read_fbx_assimp, read_fbx_blender, write_fbx
+from stages.export_usd import read_usd, write_usd
+from stages.files import atomic_write
+from stages.rig import TO_Z_UP, CameraRig, Rig, axis_matrix, unit_scale
+from stages.spec import ClipRun, StageSpec, not_in_key
 
 VERSION = "1"
 SCHEMA = "genmocap.smpl/1"
@@ -103,8 +116,8 @@ class ExportSettings(BaseModel):
     usd_format: Literal["usda", "usdc"] = Field("usda", description="USD text (usda) or binary (usdc)")
     preview: bool = Field(False, description="QC video preview.mp4 per clip (slow: decodes and encodes)")
     preview_max_size: int = Field(1280, ge=64, description="longest side of the preview in pixels")
-    timeout_s: float = Field(600.0, gt=0, description="time limit of one Blender (FBX) export")
-    verify: bool = Field(
+    timeout_s: float = not_in_key(600.0, gt=0, description="time limit of one Blender (FBX) export")
+    verify: bool = not_in_key(
         False, description="read every file back and record the max joint error in mm (slow: FBX twice)"
     )
 
@@ -199,69 +212,6 @@ def camera_in_clip_frame(
 
 
 # --------------------------------------------------------------------------------------------------------
-# Rotation helpers (float64; quaternions (w, x, y, z); matrices act on column vectors)
-
-
-def aa_to_quat(aa: np.ndarray) -> np.ndarray:
-    aa = np.asarray(aa, dtype=np.float64)
-    q = Rotation.from_rotvec(aa.reshape(-1, 3)).as_quat()  # x, y, z, w
-    return np.concatenate([q[:, 3:], q[:, :3]], axis=1).reshape(*aa.shape[:-1], 4)
-
-
-def quat_to_aa(q: np.ndarray) -> np.ndarray:
-    q = np.asarray(q, dtype=np.float64)
-    flat = q.reshape(-1, 4)
-    return (
-        Rotation.from_quat(np.concatenate([flat[:, 1:], flat[:, :1]], axis=1))
-        .as_rotvec()
-        .reshape(*q.shape[:-1], 3)
-    )
-
-
-def aa_to_matrix(aa: np.ndarray) -> np.ndarray:
-    aa = np.asarray(aa, dtype=np.float64)
-    return Rotation.from_rotvec(aa.reshape(-1, 3)).as_matrix().reshape(*aa.shape[:-1], 3, 3)
-
-
-def matrix_to_quat(R: np.ndarray) -> np.ndarray:
-    R = np.asarray(R, dtype=np.float64)
-    q = Rotation.from_matrix(R.reshape(-1, 3, 3)).as_quat()
-    return np.concatenate([q[:, 3:], q[:, :3]], axis=1).reshape(*R.shape[:-2], 4)
-
-
-def quat_to_matrix(q: np.ndarray) -> np.ndarray:
-    q = np.asarray(q, dtype=np.float64)
-    flat = q.reshape(-1, 4)
-    xyzw = np.concatenate([flat[:, 1:], flat[:, :1]], axis=1)
-    return Rotation.from_quat(xyzw).as_matrix().reshape(*q.shape[:-1], 3, 3)
-
-
-def slerp(q0: np.ndarray, q1: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Spherical interpolation of unit quaternions (..., 4) with weights w broadcastable to (..., 1); the
-    shorter arc is taken."""
-    d = np.sum(q0 * q1, axis=-1, keepdims=True)
-    q1 = np.where(d < 0, -q1, q1)
-    d = np.clip(np.abs(d), 0.0, 1.0)
-    theta = np.arccos(d)
-    s = np.sin(theta)
-    small = s < 1e-9
-    s_safe = np.where(small, 1.0, s)
-    a = np.where(small, 1.0 - w, np.sin((1.0 - w) * theta) / s_safe)
-    b = np.where(small, w, np.sin(w * theta) / s_safe)
-    q = a * q0 + b * q1
-    return q / np.linalg.norm(q, axis=-1, keepdims=True)
-
-
-def continuous_quats(q: np.ndarray) -> np.ndarray:
-    """Flip signs along axis 0 so that consecutive quaternions (T, ..., 4) lie in the same hemisphere."""
-    q = np.array(q, dtype=np.float64, copy=True)
-    for t in range(1, len(q)):
-        flip = np.sum(q[t] * q[t - 1], axis=-1) < 0
-        q[t][flip] *= -1
-    return q
-
-
-# --------------------------------------------------------------------------------------------------------
 # The canonical record (smpl.npz)
 
 
@@ -288,9 +238,9 @@ class _Interp:
     def slerp_aa(self, aa: np.ndarray) -> np.ndarray:
         """Axis-angle (L, ..., 3) slerped; rows that fall on a sample keep its value exactly."""
         aa = np.asarray(aa, dtype=np.float64)
-        q = aa_to_quat(aa)
+        q = axis_angle_to_quat(aa)
         w = self.w.reshape(-1, *([1] * (q.ndim - 1)))
-        out = quat_to_aa(slerp(q[self.i0], q[self.i1], w))
+        out = quat_to_axis_angle(quat_slerp(q[self.i0], q[self.i1], w))
         exact = self.w == 0
         out[exact] = aa[self.i0[exact]]
         return out
@@ -381,25 +331,6 @@ def build_record(
     return rec
 
 
-_SCALARS = {"schema": str, "model_type": str, "gender": str, "timecode": str}
-
-
-def _atomic_write(path: Path, writer) -> None:
-    """Write through ``writer(tmp_path)`` to a fresh temp name in the same folder, fsync, rename (the writer
-    creates the file, so it gets the usual permissions)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        writer(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_npz(path: Path, arrays: Mapping[str, Any]) -> Path:
     """Atomic ``np.savez_compressed`` (strings become 0-d unicode arrays: no pickle needed to read)."""
 
@@ -407,8 +338,7 @@ def write_npz(path: Path, arrays: Mapping[str, Any]) -> Path:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **{k: np.asarray(v) for k, v in arrays.items()})
 
-    _atomic_write(Path(path), w)
-    return Path(path)
+    return atomic_write(path, w)
 
 
 def load_record(path: str | Path) -> dict[str, Any]:
@@ -438,7 +368,7 @@ def camera_record(camera: CameraTrack, timeline: ClipTimeline, fps: Literal["sou
     frames, times, rate = _output_timeline(timeline, 0, S - 1, sample_t, fps)
     ip = _interp(times, sample_t)
     q = matrix_to_quat(np.asarray(camera.R_w2c, dtype=np.float64))
-    R = quat_to_matrix(slerp(q[ip.i0], q[ip.i1], ip.w[:, None]))
+    R = quat_to_matrix(quat_slerp(q[ip.i0], q[ip.i1], ip.w[:, None]))
     t = np.zeros((S, 3)) if camera.t_w2c is None else np.asarray(camera.t_w2c, dtype=np.float64)
     K = np.asarray(camera.K, dtype=np.float64)
     K = ip.lerp(K) if K.ndim == 3 else np.broadcast_to(K, (len(frames), 3, 3))
@@ -467,77 +397,7 @@ def load_camera(path: str | Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------------
-# What every writer takes: a posed joint tree in the file's axes and units
-
-
-_TO_Z_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])  # (x, y, z) -> (x, -z, y)
-
-
-def axis_matrix(up: str) -> np.ndarray:
-    """Rotation from the y-up world to the file's axes (identity for y; x kept for z up)."""
-    return np.eye(3) if up == "y" else _TO_Z_UP.copy()
-
-
-def unit_scale(units: str) -> float:
-    """File units per metre."""
-    return 100.0 if units == "cm" else 1.0
-
-
-@dataclass
-class Rig:
-    """A skeleton and its animation in the file's axes and units (``up``, ``units``).
-
-    ``names`` (J) joint names; ``parents`` (J,) (-1 root); ``rest`` (J, 3) rest joint positions;
-    ``offsets`` (J, 3) ``rest_i - rest_parent(i)`` (the root's = its rest position); every joint's rest
-    orientation is the identity. ``rotations`` (T, J, 4) local quaternions (w, x, y, z), hemisphere-continuous
-    in time; ``root_positions`` (T, 3) world position of the root joint; ``frames`` (T,) frame numbers at
-    ``fps``. ``mesh`` is ``(vertices (V, 3), faces (F, 3), weights (V, J))`` or None.
-    """
-
-    name: str
-    names: list[str]
-    parents: np.ndarray
-    rest: np.ndarray
-    rotations: np.ndarray
-    root_positions: np.ndarray
-    frames: np.ndarray
-    fps: float
-    up: str
-    units: str
-    timecode: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
-    mesh: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-
-    @property
-    def offsets(self) -> np.ndarray:
-        off = self.rest - self.rest[np.maximum(self.parents, 0)]
-        off[self.parents < 0] = self.rest[self.parents < 0]
-        return off
-
-    def joint_positions(self) -> np.ndarray:
-        """(T, J, 3) world joint positions by forward kinematics (file axes and units)."""
-        from models.body_model import forward_kinematics
-
-        _, pos = forward_kinematics(
-            quat_to_matrix(self.rotations), self.offsets, self.root_positions, self.parents
-        )
-        return pos
-
-
-def smpl_joint_positions(rec: Mapping[str, Any], body: BodyModel, num_joints: int = NUM_BODY_JOINTS):
-    """(T, J, 3) world joint positions (metres, y up) of a record by SMPL-X forward kinematics; joints beyond
-    the 22 body joints are at rest relative to their parents."""
-    from models.body_model import forward_kinematics
-
-    T = len(rec["frame_index"])
-    J_rest = body.rest_joints(rec["betas"])[:num_joints]
-    aa = np.zeros((T, num_joints, 3))
-    aa[:, 0] = rec["global_orient"]
-    aa[:, 1:NUM_BODY_JOINTS] = np.asarray(rec["body_pose"], dtype=np.float64).reshape(T, 21, 3)
-    par = body.parents[:num_joints]
-    off = J_rest - J_rest[np.maximum(par, 0)]
-    _, pos = forward_kinematics(aa_to_matrix(aa), off, J_rest[0] + rec["transl"], par)
-    return pos
+# The writers' input (``stages.rig``) from the record
 
 
 def build_rig(
@@ -552,7 +412,7 @@ def build_rig(
     aa = np.zeros((T, J, 3))
     aa[:, 0] = rec["global_orient"]
     aa[:, 1:NUM_BODY_JOINTS] = np.asarray(rec["body_pose"], dtype=np.float64).reshape(T, 21, 3)
-    R = A @ aa_to_matrix(aa) @ A.T
+    R = A @ axis_angle_to_matrix(aa) @ A.T
     root = J_rest[0] + np.asarray(rec["transl"], dtype=np.float64)
     if settings.root_motion == "in_place":
         root[:, [0, 2]] = J_rest[0, [0, 2]]  # horizontal pelvis motion removed, height kept
@@ -566,7 +426,7 @@ def build_rig(
         names=list(JOINT_NAMES[:J]),
         parents=body.parents[:J].copy(),
         rest=(J_rest @ A.T) * k,
-        rotations=continuous_quats(matrix_to_quat(R)),
+        rotations=quat_continuous(matrix_to_quat(R)),
         root_positions=(root @ A.T) * k,
         frames=np.asarray(rec["frame_index"], dtype=np.int64),
         fps=float(rec["fps"]),
@@ -582,51 +442,6 @@ def build_rig(
         },
         mesh=mesh,
     )
-
-
-_LINK_NAMES = {  # which child a bone's length is measured to when it has several
-    "pelvis": "spine1",
-    "spine3": "neck",
-    "left_wrist": "left_middle1",
-    "right_wrist": "right_middle1",
-}
-
-
-def bone_lengths(rig: Rig) -> np.ndarray:
-    """Display length of every bone: distance to its main child, else 60 % of its parent's (min 1 cm)."""
-    J = len(rig.names)
-    k = 100.0 if rig.units == "cm" else 1.0
-    length = np.zeros(J)
-    children: dict[int, list[int]] = {}
-    for i, p in enumerate(rig.parents):
-        if p >= 0:
-            children.setdefault(int(p), []).append(i)
-    for i in range(J):
-        kids = children.get(i, [])
-        if kids:
-            want = _LINK_NAMES.get(rig.names[i])
-            c = next((c for c in kids if rig.names[c] == want), kids[0])
-            length[i] = np.linalg.norm(rig.rest[c] - rig.rest[i])
-    for i in range(J):
-        if length[i] == 0 and rig.parents[i] >= 0:
-            length[i] = 0.6 * length[rig.parents[i]]
-    return np.maximum(length, 0.01 * k)
-
-
-@dataclass
-class CameraRig:
-    """The camera in the file's axes and units: ``positions`` (N, 3), ``rotations`` (N, 4) (w, x, y, z) of the
-    camera-to-world rotation of a DCC camera (looks down its -z, y up), ``focal_mm`` (N,) on a
-    ``sensor_mm`` (width, height) filmback, ``shift`` (N, 2) principal-point offset as a fraction of the
-    filmback width (x right, y up), ``frames`` (N,), ``image_wh``."""
-
-    frames: np.ndarray
-    positions: np.ndarray
-    rotations: np.ndarray
-    focal_mm: np.ndarray
-    sensor_mm: tuple[float, float]
-    shift: np.ndarray
-    image_wh: tuple[int, int]
 
 
 _CV_TO_GL = np.diag([1.0, -1.0, -1.0])
@@ -651,7 +466,7 @@ def build_camera_rig(cam: Mapping[str, Any], frames: np.ndarray, up: str, units:
     return CameraRig(
         frames=np.asarray(frames, dtype=np.int64),
         positions=(C @ A.T) * k,
-        rotations=continuous_quats(matrix_to_quat(R_c2w)),
+        rotations=quat_continuous(matrix_to_quat(R_c2w)),
         focal_mm=focal,
         sensor_mm=(SENSOR_WIDTH_MM, SENSOR_WIDTH_MM * H / W),
         shift=shift,
@@ -761,17 +576,11 @@ def export_files(
 
 def _write(fmt: str, path: Path, rig: Rig, cam: CameraRig | None, settings: ExportSettings) -> None:
     if fmt == "fbx":
-        from stages.export_fbx import write_fbx
-
         write_fbx(path, rig, cam, timeout_s=settings.timeout_s)
     elif fmt == "bvh":
-        from stages.export_bvh import write_bvh
-
-        _atomic_write(path, lambda tmp: write_bvh(tmp, rig))
+        atomic_write(path, lambda tmp: write_bvh(tmp, rig))
     elif fmt == "usd":
-        from stages.export_usd import write_usd
-
-        _atomic_write(path, lambda tmp: write_usd(tmp, rig, cam))
+        atomic_write(path, lambda tmp: write_usd(tmp, rig, cam))
     else:  # pragma: no cover - settings validation keeps this out
         raise ValueError(f"unknown format {fmt}")
 
@@ -779,7 +588,7 @@ def _write(fmt: str, path: Path, rig: Rig, cam: CameraRig | None, settings: Expo
 def _to_blender_world(p: np.ndarray, rig: Rig) -> np.ndarray:
     """File-axes positions -> Blender's world (z up, metres), where Blender's importer puts them."""
     y_up = (p @ axis_matrix(rig.up)) / unit_scale(rig.units)  # inverse rotation: row vectors times A
-    return y_up @ _TO_Z_UP.T
+    return y_up @ TO_Z_UP.T
 
 
 def verify_file(fmt: str, path: Path, rig: Rig) -> dict[str, float]:
@@ -790,8 +599,6 @@ def verify_file(fmt: str, path: Path, rig: Rig) -> dict[str, float]:
     mm = 1000.0 / unit_scale(rig.units)
     out: dict[str, float] = {}
     if fmt == "fbx":
-        from stages.export_fbx import read_fbx_assimp, read_fbx_blender
-
         got = read_fbx_blender(path)
         _check_timing("fbx-blender", got, rig)
         err = _max_err(got, rig, _to_blender_world(want, rig))
@@ -804,14 +611,10 @@ def verify_file(fmt: str, path: Path, rig: Rig) -> dict[str, float]:
             _check_timing("fbx-assimp", got, rig)
             out["fbx-assimp"] = _max_err(got, rig, want) * mm
     elif fmt == "bvh":
-        from stages.export_bvh import read_bvh
-
         got = read_bvh(path)
         _check_timing("bvh", got, rig)
         out["bvh"] = _max_err(got, rig, want) * mm
     elif fmt == "usd":
-        from stages.export_usd import read_usd
-
         got = read_usd(path)
         _check_timing("usd", got, rig)
         out["usd"] = _max_err(got, rig, want) * mm
@@ -951,3 +754,119 @@ def export_clip(
             except Exception as e:
                 out.preview_error = _one_line(e)
     return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# The stage contract: files under OUT/<clip>/, checked on reuse
+
+
+def clip_timeline(info: Any, tracks: Any) -> ClipTimeline:
+    """The clip's sample timeline (``stages.results.Tracks``) and source facts (``stages.video.VideoInfo``)
+    the exports resample to: the nominal rate when the real one matches it, real timestamps for VFR."""
+    from fractions import Fraction
+
+    from stages.video import frame_timestamps
+
+    src_fps = info.fps
+    if info.fps_nominal and not info.vfr:
+        nominal = float(Fraction(info.fps_nominal))
+        src_fps = nominal if abs(nominal - info.fps) < 1e-3 * nominal else info.fps
+    times = frame_timestamps(Path(info.path)) if info.vfr and info.kind == "video" else None
+    return ClipTimeline(
+        sample_frame_index=tracks.sample_frame_index,
+        sample_time_s=tracks.sample_time_s,
+        model_fps=tracks.fps,
+        source_fps=src_fps,
+        source_frame_count=info.frame_count,
+        source_times=times,
+        timecode=info.timecode,
+        image_wh=tracks.image_wh,
+    )
+
+
+def _compute(run: ClipRun) -> dict:
+    from stages.estimate import span_rows
+
+    env, cfg = run.env, run.cfg
+    tracks = run.results["track"]
+    pp = run.results["postprocess"]  # stages.results.PersonArrays
+    kp = run.results.get("keypoints")
+    cam = run.results.get("camera")
+    by_id = {p.person_id: p for p in tracks.people}
+    people = {}
+    for pid, arrays in pp.arrays.items():
+        motion = dict(arrays)
+        track = by_id[pid]
+        s0, L = int(arrays["sample_index"][0]), len(arrays["sample_index"])
+        rel = track.sample_index - s0
+        motion["bbox_xyxy"] = span_rows(track.xyxy, rel, L, interpolate=True)
+        motion["kp2d"] = span_rows(kp.arrays[pid]["kp2d"], rel, L) if kp else None
+        people[pid] = motion
+    camera_track = None
+    if "clip_from_cam0" in pp.meta:  # people placed in the clip frame: the camera can join them there
+        S = len(tracks.sample_frame_index)
+        R0 = cam.R_w2c if cam is not None and cam.solved else np.broadcast_to(np.eye(3), (S, 3, 3))
+        B = np.asarray(pp.meta["clip_from_cam0"])
+        R, t = camera_in_clip_frame(R0, B, pp.meta["camera_height_m"])
+        K = cam.K if cam is not None else np.asarray(next(iter(pp.arrays.values()))["K"][0])
+        camera_track = CameraTrack(R_w2c=R, t_w2c=t, K=K)
+    clip_dir = env.out / run.clip_id
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    env.progress.stage(run.clip_id, "export")
+    result = export_clip(
+        people,
+        clip_timeline(run.results["probe"], tracks),
+        clip_dir,
+        cfg.export,
+        env.body_model,
+        camera=camera_track,
+        video=run.results["probe"],
+    )
+    return _relative(result.to_dict(), env.out)
+
+
+def _relative(doc: Any, root: Path) -> Any:
+    """Paths under OUT made relative to it, so a moved output folder still matches its artifact."""
+    if isinstance(doc, dict):
+        return {k: _relative(v, root) for k, v in doc.items()}
+    if isinstance(doc, str) and doc.startswith(str(root) + os.sep):
+        return os.path.relpath(doc, root)
+    return doc
+
+
+def _files(meta: dict) -> list[str]:
+    files = [meta.get("camera_npz"), meta.get("preview")]
+    for person in meta.get("people", {}).values():
+        files += [person.get("smpl_npz"), *person.get("files", {}).values()]
+    return [f for f in files if f]
+
+
+def _unpublish(run: ClipRun, clip_dir: Path) -> None:
+    """Exported files of an earlier run, when this run did not export (failed, or stopped earlier)."""
+    import shutil
+
+    for d in clip_dir.glob("person_*"):
+        if d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+    for name in (CAMERA_FILE, "preview.mp4"):
+        (clip_dir / name).unlink(missing_ok=True)
+
+
+def _key_inputs(run: ClipRun) -> dict:
+    bm = run.env.body_model
+    return {"body_model": run.env.file_hash(bm) if bm else None}
+
+
+SPEC = StageSpec(
+    name="export",
+    version=VERSION,
+    settings=ExportSettings,
+    needs=("probe", "track", "postprocess"),
+    uses=("keypoints", "camera"),
+    key_inputs=_key_inputs,
+    compute=_compute,
+    present=lambda run, meta: all((run.env.out / f).is_file() for f in _files(meta)),
+    unpublish=_unpublish,
+    report=lambda meta: {"exports": meta},
+    warnings=lambda run, meta: [f"export: {meta['reason']}"] if meta.get("reason") else [],
+)

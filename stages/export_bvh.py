@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from stages.export import Rig, bone_lengths, quat_to_matrix
+from models.geometry import forward_kinematics, quat_to_matrix
+from stages.rig import Rig, bone_lengths
 
 __all__ = ["write_bvh", "read_bvh", "euler_zxy_continuous"]
 
@@ -122,28 +123,22 @@ def read_bvh(path: str | Path) -> dict[str, Any]:
 
     bvh = bvhio.readAsBvh(str(path))
     names: list[str] = []
-    per_joint: list[tuple[int, np.ndarray, np.ndarray]] = []  # parent, local quats (T, 4), positions (T, 3)
+    parents: list[int] = []
+    quats: list[np.ndarray] = []  # per joint: local quaternions (T, 4) (w, x, y, z)
+    local_pos: list[np.ndarray] = []  # per joint: position in the parent's frame (T, 3)
 
     def walk(j: Any, parent: int) -> None:
         names.append(j.Name)
+        parents.append(parent)
         me = len(names) - 1
-        q = np.array([[k.Rotation.w, k.Rotation.x, k.Rotation.y, k.Rotation.z] for k in j.Keyframes])
-        p = np.array([[k.Position.x, k.Position.y, k.Position.z] for k in j.Keyframes], dtype=np.float64)
-        per_joint.append((parent, q.astype(np.float64), p))
+        keys = j.Keyframes
+        quats.append(np.array([[k.Rotation.w, k.Rotation.x, k.Rotation.y, k.Rotation.z] for k in keys]))
+        local_pos.append(np.array([[k.Position.x, k.Position.y, k.Position.z] for k in keys]))
         for c in j.Children:
             walk(c, me)
 
     walk(bvh.Root, -1)
-    T = int(bvh.FrameCount)
-    J = len(names)
-    Rg = np.empty((T, J, 3, 3))
-    pos = np.empty((T, J, 3))
-    for i, (par, q, p) in enumerate(per_joint):
-        R = quat_to_matrix(q)
-        if par < 0:
-            Rg[:, i], pos[:, i] = R, p
-        else:
-            Rg[:, i] = Rg[:, par] @ R
-            pos[:, i] = pos[:, par] + np.einsum("tab,tb->ta", Rg[:, par], p)
+    R_local = quat_to_matrix(np.stack(quats, axis=1))  # (T, J, 3, 3)
+    _, pos = forward_kinematics(parents, R_local, np.stack(local_pos, axis=1))
     ft = float(bvh.FrameTime)
     return {"names": names, "positions": pos, "fps": 1.0 / ft, "frame_time": ft}

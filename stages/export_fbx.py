@@ -3,9 +3,9 @@
 Blender's Python module keeps one global scene, is not thread-safe and can take the process down with it, so
 every export (and every verification read) runs ``python -m stages.export_fbx`` in a fresh process; the parent
 hands over one ``.npz`` job and gets the file back under a temp name, then renames it. The child imports only
-numpy and bpy (about 1 s of start-up).
+numpy, scipy and bpy (about 1 s of start-up).
 
-What the file holds (see ``stages.export.Rig``):
+What the file holds (see ``stages.rig.Rig``):
 
 - an armature node named after the person (``person_0``) with identity transform, and one bone per joint
   named as in SMPL-X (``pelvis``, ``left_hip``, ...). Every bone's rest orientation is the identity in the
@@ -28,13 +28,14 @@ import os
 import subprocess
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stages.export import CameraRig, Rig, bone_lengths, continuous_quats, matrix_to_quat, quat_to_matrix
+from models.geometry import forward_kinematics, matrix_to_quat, quat_continuous, quat_to_matrix
+from stages.files import atomic_path
+from stages.rig import CameraRig, Rig, bone_lengths
 
 __all__ = ["write_fbx", "read_fbx_blender", "read_fbx_assimp", "blender_rate"]
 
@@ -111,18 +112,10 @@ def _run_child(args: list[str], timeout_s: float) -> None:
 def write_fbx(path: str | Path, rig: Rig, cam: CameraRig | None = None, timeout_s: float = 600.0) -> Path:
     """Write ``rig`` (and the camera) to an FBX file with Blender, in a child process; atomic."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="genmocap-fbx-") as td:
+    with tempfile.TemporaryDirectory(prefix="genmocap-fbx-") as td, atomic_path(path) as tmp_out:
         job = Path(td) / "job.npz"
         np.savez(job, **_job_arrays(rig, cam))
-        tmp_out = path.parent / f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.fbx"
-        try:
-            _run_child(["write", str(job), str(tmp_out)], timeout_s)
-            with open(tmp_out, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp_out, path)
-        finally:
-            tmp_out.unlink(missing_ok=True)
+        _run_child(["write", str(job), str(tmp_out)], timeout_s)
     return path
 
 
@@ -193,7 +186,7 @@ def read_fbx_assimp(path: str | Path) -> dict[str, Any]:
         walk(scene.mRootNode.contents, -1)
         n_keys = max(int(c.mNumRotationKeys) for c in chans.values())
         times = np.zeros(n_keys)
-        local = np.tile(np.eye(4), (n_keys, len(nodes), 1, 1))
+        local = np.tile(np.eye(4), (n_keys, len(nodes), 1, 1))  # node transforms (column-vector convention)
         for i, (name, _, M) in enumerate(nodes):
             c = chans.get(name)
             if c is None:
@@ -211,15 +204,14 @@ def read_fbx_assimp(path: str | Path) -> dict[str, Any]:
             times = np.array([k.mTime for k in rk], dtype=np.float64)
             local[:, i, :3, :3] = quat_to_matrix(q) * sc[:, None, :]
             local[:, i, :3, 3] = p
-        world = np.empty_like(local)
-        for i, (_, par, _) in enumerate(nodes):
-            world[:, i] = local[:, i] if par < 0 else world[:, par] @ local[:, i]
+        parents = [par for _, par, _ in nodes]
+        _, positions = forward_kinematics(parents, local[..., :3, :3], local[..., :3, 3])
         meta = _ai_metadata(scene, ctypes, structs)
     finally:
         _assimp_lib.release(ptr)
     return {
         "names": [n for n, _, _ in nodes],
-        "positions": world[:, :, :3, 3],
+        "positions": positions,
         "frames": times,
         "relative": True,
         "fps": tps,
@@ -333,7 +325,7 @@ def _child_write(job: str, out: str) -> None:
     B = np.array([np.array(arm.bones[n].matrix_local.to_3x3(), dtype=np.float64) for n in names])
     R = quat_to_matrix(z["rotations"])
     Rb = np.einsum("jba,tjbc,jcd->tjad", B, R, B)
-    qb = continuous_quats(matrix_to_quat(Rb))
+    qb = quat_continuous(matrix_to_quat(Rb))
     loc = np.einsum("ba,tb->ta", B[0], z["root_positions"] - rest[0])
     for pb in ob.pose.bones:
         pb.rotation_mode = "QUATERNION"
@@ -379,7 +371,7 @@ def _child_write(job: str, out: str) -> None:
         co.rotation_mode = "QUATERNION"
         Gi = np.array(G_inv, dtype=np.float64)[:3, :3]
         pos = z["cam_positions"] @ Gi.T
-        rot = continuous_quats(matrix_to_quat(Gi[None] @ quat_to_matrix(z["cam_rotations"])))
+        rot = quat_continuous(matrix_to_quat(Gi[None] @ quat_to_matrix(z["cam_rotations"])))
         cact = bpy.data.actions.new("camera_motion")
         _assign(co, cact)
         _set_fcurves(cact, "location", pos, frames, "camera", co)

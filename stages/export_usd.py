@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from stages.export import CameraRig, Rig, quat_to_matrix
+from models.geometry import quat_to_matrix, quat_wxyz_to_xyzw
+from stages.rig import CameraRig, Rig
 
 __all__ = ["write_usd", "read_usd"]
 
@@ -88,7 +89,7 @@ def write_usd(path: str | Path, rig: Rig, cam: CameraRig | None = None) -> Path:
     anim.CreateScalesAttr(Vt.Vec3hArray([Gf.Vec3h(1, 1, 1)] * J))
     tr = np.repeat(offsets[None].astype(np.float32), len(frames), axis=0)
     tr[:, 0] = rig.root_positions
-    q_xyzw = rig.rotations[..., [1, 2, 3, 0]].astype(np.float32)
+    q_xyzw = quat_wxyz_to_xyzw(rig.rotations).astype(np.float32)
     for t, f in enumerate(frames):
         tr_attr.Set(Vt.Vec3fArray.FromNumpy(tr[t]), f)
         rot_attr.Set(Vt.QuatfArray.FromNumpy(q_xyzw[t]), f)

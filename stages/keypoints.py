@@ -1,7 +1,7 @@
 """Stage ``keypoints``: COCO-17 2D keypoints per (sample, person) from ViTPose-H with GEM's flip test.
 
 The work itself runs in the shared pixel pass of :mod:`stages.perception` (one decode for keypoints and
-features); this module holds the stage's settings and version.
+features); this module holds the stage's settings and its contract.
 """
 
 from __future__ import annotations
@@ -10,13 +10,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from stages.perception import auto_weights, perception_pass
+from stages.results import PersonArrays
+from stages.spec import StageEnv, StageSpec, not_in_key
+from stages.track import no_person
+
 VERSION = "1"
+ORIGINAL, ONNX = "vitpose-h-multi-coco.pth", "vitpose_coco17.onnx"
 
 
 class KeypointsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    weights: str = Field(
+    weights: str = not_in_key(
         "auto",
         description="ViTPose weights: registry name or path (.pth: torch; .onnx: onnxruntime). auto: "
         "vitpose-h-multi-coco.pth when it is on disk, else GEM's ONNX export vitpose_coco17.onnx "
@@ -29,5 +35,24 @@ class KeypointsSettings(BaseModel):
         description="sigmoid(heatmap max): GEM's convention, what its visibility threshold 0.5 expects; "
         "raw: the plain heatmap maximum",
     )
-    batch: int = Field(32, ge=1, le=4096, description="person crops per network pass (not a result)")
+    batch: int = not_in_key(32, ge=1, le=4096, description="person crops per network pass (not a result)")
     bf16: bool = Field(False, description="bf16 autocast (CUDA, torch backend only)")
+
+
+def _weights(cfg, env: StageEnv | None) -> dict[str, str]:
+    return {"vitpose": auto_weights(cfg.keypoints.weights, ORIGINAL, ONNX, env)}
+
+
+SPEC = StageSpec(
+    name="keypoints",
+    version=VERSION,
+    settings=KeypointsSettings,
+    needs=("probe", "track"),
+    reads=("decode",),
+    weights=_weights,
+    key_inputs=lambda run: {"vitpose": run.env.weights_hash("vitpose")},
+    pixel_pass=perception_pass,
+    save=lambda kp: kp.to_arrays(),
+    load=PersonArrays.from_arrays,
+    skip=no_person,
+)

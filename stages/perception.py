@@ -8,45 +8,25 @@ samples, so they share the track stage's timeline (``Track.sample_index``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from models.crops import cut_crops
-from models.heatmap import decode_heatmaps
-from models.vitpose import heatmaps_flip_test
-from stages.features import FeaturesSettings
-from stages.keypoints import KeypointsSettings
-from stages.track import Tracks
-from stages.video import VideoInfo, iter_chunks
+from stages.results import PersonArrays, Tracks
+from stages.spec import ClipRun, PixelJob
+from stages.video import FrameChunk, VideoInfo, iter_chunks
+
+if TYPE_CHECKING:  # torch is imported where it is used: importing the stage modules must stay cheap
+    import torch
+
+    from stages.features import FeaturesSettings
+    from stages.keypoints import KeypointsSettings
 
 Progress = Callable[[int, int], None]
-ImageModel = Callable[[torch.Tensor], torch.Tensor]  # torch module or ONNX runner: crops -> outputs
-
-
-@dataclass
-class PersonArrays:
-    """One stage's per-person arrays, each (T, ...) aligned with that person's track samples.
-
-    ``arrays[person_id][name]``; ``meta`` is JSON-safe stage information.
-    """
-
-    meta: dict
-    arrays: dict[int, dict[str, np.ndarray]]
-
-    def to_arrays(self) -> tuple[dict, dict[str, np.ndarray]]:
-        flat = {f"person_{pid}/{k}": v for pid, d in self.arrays.items() for k, v in d.items()}
-        return {**self.meta, "people": sorted(self.arrays)}, flat
-
-    @classmethod
-    def from_arrays(cls, meta: dict, arrays: dict[str, np.ndarray]) -> PersonArrays:
-        per: dict[int, dict[str, np.ndarray]] = {int(p): {} for p in meta["people"]}
-        for key, v in arrays.items():
-            head, name = key.split("/", 1)
-            per[int(head.removeprefix("person_"))][name] = v
-        return cls({k: v for k, v in meta.items() if k != "people"}, per)
+ImageModel = Callable[["torch.Tensor"], "torch.Tensor"]  # torch module or ONNX runner: crops -> outputs
 
 
 @dataclass
@@ -61,6 +41,9 @@ class _Task:
 def _keypoints_fn(
     model: ImageModel, s: KeypointsSettings
 ) -> Callable[[torch.Tensor, torch.Tensor], np.ndarray]:
+    from models.heatmap import decode_heatmaps
+    from models.vitpose import heatmaps_flip_test
+
     def run(crops: torch.Tensor, bbx: torch.Tensor) -> np.ndarray:
         heat = heatmaps_flip_test(model, crops)[0] if s.flip_test else model(crops).float()
         return decode_heatmaps(heat.float(), bbx.to(heat.device), s.confidence).cpu().numpy()
@@ -75,13 +58,13 @@ def _features_fn(model: ImageModel) -> Callable[[torch.Tensor, torch.Tensor], np
     return run
 
 
-@torch.inference_mode()
 def run_perception(
     info: VideoInfo,
     tracks: Tracks,
     *,
     fps: float | None,
     chunk_frames: int,
+    chunks: Iterable[FrameChunk] | None = None,
     device: str | torch.device = "cpu",
     vitpose: ImageModel | None = None,
     keypoints: KeypointsSettings | None = None,
@@ -94,6 +77,7 @@ def run_perception(
 
     Args:
         fps, chunk_frames: the decode settings the track stage used (same sample timeline).
+        chunks: decoded chunks from a decode shared with other stages (default: decode the clip here).
         device: where crops are cut (the models' device).
         vitpose + keypoints: ViTPose (B, 3, 256, 192) -> (B, 17, 64, 48) heatmaps, and its settings; None
             skips keypoints.
@@ -102,6 +86,19 @@ def run_perception(
         (keypoints, features): ``kp2d`` (T, 17, 3) float32 (x, y, confidence) in full-image pixels and
         ``f_imgseq`` (T, 1024) float32 per person, or None for a model not given.
     """
+    import torch
+
+    with torch.inference_mode():
+        return _run_perception(info, tracks, fps, chunk_frames, chunks, device, vitpose, keypoints, hmr2,
+                               features, progress, total)  # fmt: skip
+
+
+def _run_perception(
+    info, tracks, fps, chunk_frames, chunks, device, vitpose, keypoints, hmr2, features, progress, total
+) -> tuple[PersonArrays | None, PersonArrays | None]:
+    from stages.features import FeaturesSettings
+    from stages.keypoints import KeypointsSettings
+
     tasks: dict[str, _Task] = {}
     if vitpose is not None:
         s = keypoints or KeypointsSettings()
@@ -114,7 +111,9 @@ def run_perception(
     blur = bool(features.blur) if features is not None else True
     filled = {p.person_id: np.zeros(len(p.sample_index), bool) for p in tracks.people}
     done = 0
-    for chunk in iter_chunks(info, chunk_frames=chunk_frames, fps=fps) if tasks else ():
+    if chunks is None:
+        chunks = iter_chunks(info, chunk_frames=chunk_frames, fps=fps) if tasks else ()
+    for chunk in chunks:
         rows_of_sample = {int(s): r for r, s in enumerate(chunk.sample_index)}
         items = []  # (person_id, position in track, chunk row)
         for p in tracks.people:
@@ -159,6 +158,10 @@ def _run_items(
     with_hmr2: bool,
     blur: bool,
 ) -> None:
+    import torch
+
+    from models.crops import cut_crops
+
     by_id = {p.person_id: p for p in tracks.people}
     bbx = torch.from_numpy(np.stack([by_id[pid].bbx_xys[i] for pid, i, _ in items]).astype(np.float32))
     rows = torch.tensor([r for _, _, r in items], dtype=torch.long)
@@ -171,3 +174,68 @@ def _run_items(
             res = task.run(x[a : a + task.batch], bbx[a : a + task.batch])
             for (pid, i, _), value in zip(items[a : a + task.batch], res, strict=True):
                 task.outputs[pid][i] = value
+
+
+# --------------------------------------------------------------------------------------------------------
+# Models and the shared pixel pass of the keypoints and features stages
+
+
+def image_model(kind: str, weights: Path, settings: Any, device: str) -> Any:
+    """ViTPose (``kind="vitpose"``) or HMR2 (``"hmr2"``) in eval mode, loaded once per process: torch from
+    the original checkpoint, or onnxruntime for an ``.onnx`` file (GEM's published exports)."""
+    from models.cache import cached
+
+    def build() -> Any:
+        if weights.suffix == ".onnx":
+            from models.onnx_runner import OnnxModel
+
+            return OnnxModel(weights, device)
+        if kind == "vitpose":
+            from models.vitpose import load_vitpose
+
+            return load_vitpose(weights, device, num_heads=settings.num_heads, bf16=settings.bf16)
+        from models.hmr2 import load_hmr2
+
+        return load_hmr2(
+            weights,
+            device,
+            num_heads=settings.num_heads,
+            decoder_heads=settings.decoder_heads,
+            bf16=settings.bf16,
+        )
+
+    return cached((kind, str(weights), device, settings.model_dump_json()), build)
+
+
+def auto_weights(setting: str, original: str, onnx: str, env: Any) -> str:
+    """``auto``: the original checkpoint when it is on disk, else GEM's ONNX export (public, downloaded when
+    online), so a user with internet needs no manual download; any other value as given."""
+    if setting != "auto":
+        return setting
+    return original if env is not None and env.locate(original) else onnx
+
+
+def perception_pass(run: ClipRun, names: tuple[str, ...]) -> PixelJob:
+    """The keypoints and/or features stages (``names``) as one consumer of decoded chunks: every (sample,
+    person) crop is cut once and fed to ViTPose and HMR2."""
+    env, cfg = run.env, run.cfg
+    info: VideoInfo = run.results["probe"]
+    tracks: Tracks = run.results["track"]
+    vitpose = (
+        image_model("vitpose", env.weights("vitpose"), cfg.keypoints, env.device)
+        if "keypoints" in names
+        else None
+    )
+    hmr2 = image_model("hmr2", env.weights("hmr2"), cfg.features, env.device) if "features" in names else None
+    total = len(tracks.sample_frame_index)
+    bar = env.progress.stage(run.clip_id, "+".join(names), total)
+
+    def consume(chunks: Iterable[FrameChunk]) -> dict[str, Any]:
+        kp, ft = run_perception(
+            info, tracks, fps=cfg.decode.fps, chunk_frames=cfg.decode.chunk_frames, chunks=chunks,
+            device=env.device, vitpose=vitpose, keypoints=cfg.keypoints, hmr2=hmr2, features=cfg.features,
+            progress=bar, total=total,
+        )  # fmt: skip
+        return {k: v for k, v in (("keypoints", kp), ("features", ft)) if v is not None}
+
+    return PixelJob(info, cfg.decode.fps, cfg.decode.chunk_frames, names, consume)

@@ -20,14 +20,16 @@ horizontal placement; the motion itself is unchanged).
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.gem import codec
-from models.gem.rotations import axis_angle_to_matrix, matrix_to_axis_angle
-from models.gem.skeleton import Skeleton
+from stages.results import PersonArrays
+from stages.spec import ClipRun, StageSpec
+
+if TYPE_CHECKING:  # torch and GEM are imported where they are used: importing the stage stays cheap
+    from models.gem.skeleton import Skeleton
 
 VERSION = "1"
 
@@ -45,10 +47,18 @@ class PostprocessSettings(BaseModel):
 
 
 def _rot(aa: np.ndarray) -> np.ndarray:
+    import torch
+
+    from models.gem.rotations import axis_angle_to_matrix
+
     return axis_angle_to_matrix(torch.as_tensor(aa, dtype=torch.float64)).numpy()
 
 
 def _aa(R: np.ndarray) -> np.ndarray:
+    import torch
+
+    from models.gem.rotations import matrix_to_axis_angle
+
     return matrix_to_axis_angle(torch.as_tensor(R, dtype=torch.float64)).numpy()
 
 
@@ -66,6 +76,10 @@ def refine_person(
     res["contacts"] = (1 / (1 + np.exp(-est["static_conf_logits"]))).astype(np.float32)
     if skeleton is None or not contact_ik:
         return res
+    import torch
+
+    from models.gem import codec
+
     out = {k: torch.from_numpy(est[k])[None] for k in ("pred_x", "pred_cam", "static_conf_logits")}
     inputs = {k: torch.from_numpy(est[k]) for k in ("bbx_xys", "K", "cam_angvel")}
     inputs["K_fullimg"] = inputs.pop("K")
@@ -130,6 +144,8 @@ def place_in_clip_frame(
         s = int(p["sample_index"][t0])
         J0 = np.zeros(3)
         if skeleton is not None:
+            import torch
+
             J0 = (
                 skeleton.rest_joints(torch.as_tensor(p["betas"][None], dtype=torch.float32))[0, 0]
                 .double()
@@ -153,3 +169,71 @@ def place_in_clip_frame(
         "clip_from_cam0": B.tolist(),
     }
     return placed, info
+
+
+# --------------------------------------------------------------------------------------------------------
+# The stage contract
+
+
+def skeleton(body_model) -> Skeleton:
+    """GEM's skeleton of the SMPL-X body model, loaded once per process."""
+    from models.cache import cached
+    from models.gem.skeleton import Skeleton
+
+    return cached(("skeleton", str(body_model)), lambda: Skeleton.from_npz(body_model))
+
+
+#: per-person arrays the postprocess result keeps (the export stage reads them)
+KEEP = (
+    "sample_index",
+    "present",
+    "global_orient",
+    "transl",
+    "body_pose",
+    "betas",
+    "incam_global_orient",
+    "incam_transl",
+    "contacts",
+    "K",
+)
+
+
+def _compute(run: ClipRun) -> PersonArrays:
+    env, cfg = run.env, run.cfg
+    est: PersonArrays = run.results["estimate"]
+    skel = skeleton(env.body_model) if env.body_model else None
+    pids = sorted(est.arrays)
+    people = [refine_person(est.arrays[pid], skel, cfg.postprocess.contact_ik) for pid in pids]
+    info: dict = {"body_model": bool(skel), "contact_ik": bool(skel) and cfg.postprocess.contact_ik}
+    if cfg.postprocess.shared_world:
+        cam = run.results.get("camera")
+        R_w2c = cam.R_w2c if cam is not None and cam.solved else None
+        people, placed = place_in_clip_frame(people, R_w2c, skel)
+        info.update(placed)
+    info["contact_joints"] = list(CONTACT_JOINTS)
+    return PersonArrays(info, {pid: {k: r[k] for k in KEEP} for pid, r in zip(pids, people, strict=True)})
+
+
+def _key_inputs(run: ClipRun) -> dict:
+    bm = run.env.body_model
+    return {"body_model": run.env.file_hash(bm) if bm else None}
+
+
+def _warnings(run: ClipRun, pp: PersonArrays) -> list[str]:
+    if pp.meta.get("body_model"):
+        return []
+    return ["postprocess: no SMPL-X body model: contact correction and IK skipped (raw trajectory)"]
+
+
+SPEC = StageSpec(
+    name="postprocess",
+    version=VERSION,
+    settings=PostprocessSettings,
+    needs=("estimate",),
+    uses=("camera",),
+    key_inputs=_key_inputs,
+    compute=_compute,
+    save=lambda r: r.to_arrays(),
+    load=PersonArrays.from_arrays,
+    warnings=_warnings,
+)

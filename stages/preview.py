@@ -10,7 +10,6 @@ person is drawn on the frames its record covers (matched by timestamp); frames w
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,8 +18,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from models.body_model import NUM_BODY_JOINTS, SMPLX_PARENTS, BodyModel, forward_kinematics
-from stages.export import aa_to_matrix
+from models.body_model import NUM_BODY_JOINTS, SMPLX_PARENTS, BodyModel
+from stages.files import atomic_path
 
 __all__ = ["write_preview", "project_skeleton"]
 
@@ -37,14 +36,7 @@ _PALETTE = ((230, 80, 60), (60, 170, 230), (90, 200, 90), (230, 190, 50), (190, 
 def project_skeleton(rec: Mapping[str, Any], body: BodyModel) -> tuple[np.ndarray, np.ndarray]:
     """Project a record's 22 body joints into the image: ((T, 22, 2) pixels, (T, 22) in front of the camera),
     from ``incam_global_orient``, ``incam_transl``, ``body_pose``, ``betas`` and ``K`` (OpenCV camera)."""
-    T = len(rec["frame_index"])
-    J = body.rest_joints(rec["betas"])[:NUM_BODY_JOINTS]
-    par = body.parents[:NUM_BODY_JOINTS]
-    aa = np.zeros((T, NUM_BODY_JOINTS, 3))
-    aa[:, 0] = rec["incam_global_orient"]
-    aa[:, 1:] = np.asarray(rec["body_pose"], dtype=np.float64).reshape(T, 21, 3)
-    off = J - J[np.maximum(par, 0)]
-    _, X = forward_kinematics(aa_to_matrix(aa), off, J[0] + np.asarray(rec["incam_transl"], np.float64), par)
+    X = body.posed_joints(rec["incam_global_orient"], rec["body_pose"], rec["betas"], rec["incam_transl"])
     K = np.asarray(rec["K"], dtype=np.float64)
     uvw = np.einsum("tab,tjb->tja", K, X)
     front = uvw[..., 2] > 1e-6
@@ -77,45 +69,43 @@ def write_preview(
     from stages.video import iter_chunks
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     W, H = int(video.width), int(video.height)
     s = min(1.0, max_size / max(W, H))
     w2, h2 = max(2, int(round(W * s / 2)) * 2), max(2, int(round(H * s / 2)) * 2)
     sx, sy = w2 / W, h2 / H
     proj = [project_skeleton(r, body) if body is not None else None for r in records]
     rate = _rate(video)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.mp4")
-    cmd = [
-        FFMPEG, "-nostdin", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-        "-s", f"{w2}x{h2}", "-r", rate, "-i", "-", "-c:v", "libx264", "-preset", "veryfast", "-crf", "23",
-        "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(tmp),
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        for chunk in iter_chunks(video, chunk_frames=chunk_frames, fps=None):
-            rows = [_rows_for(r, chunk.time_s) for r in records]
-            for n in range(len(chunk)):
-                img = chunk.frames[n]
-                img = cv2.resize(img, (w2, h2), interpolation=cv2.INTER_AREA) if (w2, h2) != (W, H) else img
-                img = np.ascontiguousarray(img)
-                for r, rr, pj in zip(records, rows, proj, strict=True):
-                    if rr[n] >= 0:
-                        _draw_person(img, r, int(rr[n]), pj, sx, sy)
-                cv2.putText(
-                    img, f"frame {int(chunk.frame_index[n])}", (6, h2 - 8), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.45, (255, 255, 255), 1, cv2.LINE_AA,
-                )  # fmt: skip
-                proc.stdin.write(img.tobytes())
-        proc.stdin.close()
-        err = proc.stderr.read().decode(errors="replace")
-        if proc.wait() != 0:
-            raise RuntimeError(f"ffmpeg could not encode the preview: {err.strip().splitlines()[-1:]}")
-        os.replace(tmp, out)
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp:
+        cmd = [
+            FFMPEG, "-nostdin", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+            "-s", f"{w2}x{h2}", "-r", rate, "-i", "-", "-c:v", "libx264", "-preset", "veryfast", "-crf", "23",
+            "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(tmp),
+        ]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            for chunk in iter_chunks(video, chunk_frames=chunk_frames, fps=None):
+                rows = [_rows_for(r, chunk.time_s) for r in records]
+                for n in range(len(chunk)):
+                    img = chunk.frames[n]
+                    if (w2, h2) != (W, H):
+                        img = cv2.resize(img, (w2, h2), interpolation=cv2.INTER_AREA)
+                    img = np.ascontiguousarray(img)
+                    for r, rr, pj in zip(records, rows, proj, strict=True):
+                        if rr[n] >= 0:
+                            _draw_person(img, r, int(rr[n]), pj, sx, sy)
+                    cv2.putText(
+                        img, f"frame {int(chunk.frame_index[n])}", (6, h2 - 8), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.45, (255, 255, 255), 1, cv2.LINE_AA,
+                    )  # fmt: skip
+                    proc.stdin.write(img.tobytes())
+            proc.stdin.close()
+            err = proc.stderr.read().decode(errors="replace")
+            if proc.wait() != 0:
+                raise RuntimeError(f"ffmpeg could not encode the preview: {err.strip().splitlines()[-1:]}")
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
     return out
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from stages.spec import ClipRun, StageFailure, StageSpec
 from stages.video import MediaError, VideoInfo, probe
 
 VERSION = "1"
@@ -39,3 +40,51 @@ def run_probe(path: Path, settings: ProbeSettings) -> VideoInfo:
     if info.width < 16 or info.height < 16:
         raise MediaError(f"frame size {info.width}x{info.height} is too small to find people in")
     return info
+
+
+# --------------------------------------------------------------------------------------------------------
+# The stage contract
+
+
+def source_fingerprint(path: Path) -> str:
+    """A cheap content fingerprint: sha256 over size and three 1 MiB samples (head, middle, tail); for an
+    image-sequence folder, over every frame's name and size plus the first and last frame's bytes."""
+    import hashlib
+
+    from stages.video import list_image_frames
+
+    h = hashlib.sha256()
+    if path.is_dir():
+        frames = list_image_frames(path)
+        for f in frames:
+            h.update(f"{f.name}:{f.stat().st_size};".encode())
+        for f in frames[:1] + frames[-1:]:
+            h.update(f.read_bytes())
+        return h.hexdigest()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with open(path, "rb") as f:
+        for off in sorted({0, max(0, size // 2 - (1 << 19)), max(0, size - (1 << 20))}):
+            f.seek(off)
+            h.update(f.read(1 << 20))
+    return h.hexdigest()
+
+
+def _key_inputs(run: ClipRun) -> dict:
+    try:
+        run.facts["source_fingerprint"] = source_fingerprint(run.source)
+    except OSError as e:
+        raise StageFailure(f"cannot read {run.source}: {e.strerror or e}") from e
+    return {"source": run.facts["source_fingerprint"]}
+
+
+SPEC = StageSpec(
+    name="probe",
+    version=VERSION,
+    settings=ProbeSettings,
+    key_inputs=_key_inputs,
+    compute=lambda run: run_probe(run.source, run.cfg.probe),
+    save=lambda info: (info.to_dict(), {}),
+    load=lambda meta, arrays: VideoInfo.from_dict(meta),
+    report=lambda info: {"video": info.to_dict() if info is not None else None},
+)

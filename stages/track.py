@@ -18,8 +18,10 @@ import numpy as np
 from pydantic import Field
 
 from stages.detect import DetectorSettings, PersonDetector
-from stages.tracking import Track, TrackerSettings, finalize, track_detections, tracks_from_ids
-from stages.video import MediaError, VideoInfo, iter_chunks
+from stages.results import Tracks
+from stages.spec import ClipRun, StageEnv, StageFailure, StageSpec
+from stages.tracking import TrackerSettings, finalize, track_detections, tracks_from_ids
+from stages.video import MediaError, VideoInfo, count_samples, iter_chunks
 
 VERSION = "1"
 
@@ -30,10 +32,6 @@ class TrackSettings(TrackerSettings):
     """Tracker and post-processing options (inherited) plus the detector's."""
 
     detector: DetectorSettings = Field(default_factory=DetectorSettings)
-
-
-class NoPersonError(MediaError):
-    """The clip has no usable person track; the message says why."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -157,92 +155,6 @@ class DetectionsSource:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Result
-
-
-@dataclass
-class Tracks:
-    """All person tracks of one clip on the clip's sample timeline.
-
-    ``sample_frame_index[i]`` / ``sample_time_s[i]`` give the source frame number and timestamp (s, first
-    frame = 0) of sample i; a track's samples index into them.
-    """
-
-    fps: float  # rate of the sample timeline (the model rate when resampling, else the source's real rate)
-    image_wh: tuple[int, int]  # display size, pixels
-    sample_frame_index: np.ndarray  # (S,) int64
-    sample_time_s: np.ndarray  # (S,) float64
-    people: list[Track]
-    source: str  # "detector" or "user"
-
-    def frame_index(self, person: Track) -> np.ndarray:
-        """(T,) source frame numbers of a track's samples."""
-        return self.sample_frame_index[person.sample_index]
-
-    def to_arrays(self) -> tuple[dict, dict[str, np.ndarray]]:
-        """(JSON-safe meta, arrays) for the artifact store and ``tracks.npz``."""
-        arrays: dict[str, np.ndarray] = {
-            "sample_frame_index": self.sample_frame_index,
-            "sample_time_s": self.sample_time_s,
-            "person_id": np.array([p.person_id for p in self.people], dtype=np.int64),
-            "track_id": np.array([p.track_id for p in self.people], dtype=np.int64),
-        }
-        for p in self.people:
-            pre = f"person_{p.person_id}/"
-            arrays[pre + "sample_index"] = p.sample_index
-            arrays[pre + "frame_index"] = self.frame_index(p)
-            arrays[pre + "time_s"] = self.sample_time_s[p.sample_index]
-            arrays[pre + "xyxy"] = p.xyxy
-            arrays[pre + "bbx_xys"] = p.bbx_xys
-            arrays[pre + "score"] = p.score
-            arrays[pre + "observed"] = p.observed
-        meta = {
-            "fps": self.fps,
-            "image_wh": list(self.image_wh),
-            "source": self.source,
-            "people": [self.summary(p) for p in self.people],
-        }
-        return meta, arrays
-
-    def summary(self, p: Track) -> dict:
-        fi = self.frame_index(p)
-        return {
-            "person_id": p.person_id,
-            "track_id": p.track_id,
-            "first_frame": int(fi[0]),
-            "last_frame": int(fi[-1]),
-            "samples": len(p.sample_index),
-            "observed": int(p.observed.sum()),
-            "mean_score": round(float(p.score[p.observed].mean()), 4) if p.observed.any() else 0.0,
-        }
-
-    @classmethod
-    def from_arrays(cls, meta: dict, arrays: dict[str, np.ndarray]) -> Tracks:
-        people = []
-        for pid, tid in zip(arrays["person_id"].tolist(), arrays["track_id"].tolist(), strict=True):
-            pre = f"person_{pid}/"
-            people.append(
-                Track(
-                    person_id=pid,
-                    track_id=tid,
-                    sample_index=arrays[pre + "sample_index"],
-                    xyxy=arrays[pre + "xyxy"],
-                    bbx_xys=arrays[pre + "bbx_xys"],
-                    score=arrays[pre + "score"],
-                    observed=arrays[pre + "observed"],
-                )
-            )
-        return cls(
-            fps=float(meta["fps"]),
-            image_wh=(int(meta["image_wh"][0]), int(meta["image_wh"][1])),
-            sample_frame_index=arrays["sample_frame_index"],
-            sample_time_s=arrays["sample_time_s"],
-            people=people,
-            source=meta["source"],
-        )
-
-
-# --------------------------------------------------------------------------------------------------------
 # The stage
 
 
@@ -266,8 +178,10 @@ def run_track(
         detector: used when ``detections`` is None.
         detections: user boxes in source frame numbers; they replace the detector.
         progress: called with (samples done, ``total``) after each chunk.
+    Returns:
+        the tracks; when no track survives, ``people`` is empty and ``no_person`` says why.
     Raises:
-        NoPersonError: no track survives; MediaError: the clip cannot be decoded.
+        MediaError: the clip cannot be decoded.
     """
     if detector is None and detections is None:
         raise ValueError("run_track needs a detector or user detections")
@@ -321,21 +235,6 @@ def run_track(
     else:
         raw = track_detections([(d[0], d[1]) for d in per_sample], rate, settings)
     people = finalize(raw, rate, (info.width, info.height), n, settings)
-    if not people:
-        n_boxes = sum(len(d[1]) for d in per_sample)
-        if detections is not None and n_boxes == 0:
-            raise NoPersonError(
-                f"no person: the supplied detections ({detections.source}) have no box on any frame"
-            )
-        if n_boxes == 0:
-            raise NoPersonError(
-                f"no person detected in {n} frames (detector {Path(settings.detector.weights).name}, "
-                f"conf >= {settings.detector.conf})"
-            )
-        raise NoPersonError(
-            f"no person track long enough: {n_boxes} boxes in {n} frames but no track of "
-            f">= {settings.min_seconds:g} s (track.min_seconds)"
-        )
     return Tracks(
         fps=rate,
         image_wh=(info.width, info.height),
@@ -343,4 +242,108 @@ def run_track(
         sample_time_s=sample_time_s,
         people=people,
         source="user" if detections is not None else "detector",
+        no_person=None if people else _why_no_person(per_sample, n, settings, detections),
     )
+
+
+def _why_no_person(
+    per_sample: list[tuple], n: int, settings: TrackSettings, detections: UserDetections | None
+) -> str:
+    n_boxes = sum(len(d[1]) for d in per_sample)
+    if detections is not None and n_boxes == 0:
+        return f"no person: the supplied detections ({detections.source}) have no box on any frame"
+    if n_boxes == 0:
+        return (
+            f"no person detected in {n} frames (detector {Path(settings.detector.weights).name}, "
+            f"conf >= {settings.detector.conf})"
+        )
+    return (
+        f"no person track long enough: {n_boxes} boxes in {n} frames but no track of "
+        f">= {settings.min_seconds:g} s (track.min_seconds)"
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# The stage contract
+
+
+def detector(settings: DetectorSettings, weights: Path, device: str) -> PersonDetector:
+    """The YOLO detector, loaded once per process (``models.cache``)."""
+    from models.cache import cached
+
+    key = ("detector", str(weights), device, settings.model_dump_json())
+    return cached(key, lambda: PersonDetector(weights, device, settings))
+
+
+def _weights(cfg, env: StageEnv | None) -> dict[str, str]:
+    return {} if env is not None and env.detections is not None else {"detector": cfg.track.detector.weights}
+
+
+def _key_inputs(run: ClipRun) -> dict:
+    env = run.env
+    if env.detections is not None:
+        return {"detections": env.detections.fingerprint(run.names)}
+    return {"detector": env.weights_hash("detector")}
+
+
+def _compute(run: ClipRun) -> Tracks:
+    env, cfg = run.env, run.cfg
+    info: VideoInfo = run.results["probe"]
+    total = count_samples(info, cfg.decode.fps)
+    detections = det = None
+    if env.detections is not None:
+        detections = env.detections.for_clip(run.names)
+        if detections is None:
+            raise StageFailure(
+                f"no detections for this clip in {env.detections.path} (matched by clip id, name or stem)"
+            )
+    else:
+        det = detector(cfg.track.detector, env.weights("detector"), env.device)
+    return run_track(
+        info,
+        cfg.track,
+        fps=cfg.decode.fps,
+        chunk_frames=cfg.decode.chunk_frames,
+        detector=det,
+        detections=detections,
+        progress=env.progress.stage(run.clip_id, "track", total),
+        total=total,
+    )
+
+
+def _publish(run: ClipRun, tracks: Tracks, clip_dir: Path) -> None:
+    """``tracks.npz`` (arrays per person, see ``Tracks.to_arrays``) and its summary in ``tracks.json``."""
+    from stages.files import atomic_write_bytes, atomic_write_json, npz_bytes
+
+    meta, arrays = tracks.to_arrays()
+    atomic_write_bytes(clip_dir / "tracks.npz", npz_bytes(arrays))
+    atomic_write_json(clip_dir / "tracks.json", meta)
+
+
+def _unpublish(run: ClipRun, clip_dir: Path) -> None:
+    for name in ("tracks.npz", "tracks.json"):
+        (clip_dir / name).unlink(missing_ok=True)
+
+
+def no_person(run: ClipRun) -> str | None:
+    """Why stages that work on people skip this clip: it has no person track (None: it has people)."""
+    tracks: Tracks | None = run.results.get("track")
+    return tracks.no_person if tracks is not None and not tracks.people else None
+
+
+SPEC = StageSpec(
+    name="track",
+    version=VERSION,
+    settings=TrackSettings,
+    needs=("probe",),
+    reads=("decode",),
+    weights=_weights,
+    key_inputs=_key_inputs,
+    compute=_compute,
+    save=lambda tracks: tracks.to_arrays(),
+    load=Tracks.from_arrays,
+    publish=_publish,
+    unpublish=_unpublish,
+    report=lambda tracks: {"people": [tracks.summary(p) for p in tracks.people] if tracks else []},
+    warnings=lambda run, tracks: [tracks.no_person] if tracks.no_person else [],
+)

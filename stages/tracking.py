@@ -1,11 +1,13 @@
-"""Multi-person tracking and track post-processing (pure numpy/scipy).
+"""Multi-person tracking and track post-processing.
 
 Two halves:
 
-* Online: :class:`ByteTracker`, a ByteTrack-style tracker (constant-velocity Kalman filter per track,
-  two-stage Hungarian association on IoU). :func:`track_detections` runs it over a whole clip and returns
-  per-id observations (:class:`RawTrack`); :func:`tracks_from_ids` does the same grouping for detections
-  that already carry ids.
+* Online: :class:`OnlineTracker` runs ultralytics' BoT-SORT (``ultralytics.trackers.bot_sort.BOTSORT``:
+  ByteTrack's two-stage association plus optional camera-motion compensation) one sample at a time, with the
+  lost window converted from seconds to samples at the stream's real rate. :func:`track_detections` runs it
+  over a whole clip and returns per-id observations (:class:`RawTrack`) holding the *detection* boxes, not
+  the tracker's Kalman boxes; :func:`tracks_from_ids` does the same grouping for detections that already
+  carry ids.
 * Offline: :func:`finalize` turns raw tracks into the :class:`Track` objects later stages consume:
   re-linking of broken tracks, clamping, dropping short tracks, interpolating short gaps, GEM's square
   ``bbx_xys`` boxes, smoothing, ordering by size.
@@ -13,24 +15,25 @@ Two halves:
 Conventions: boxes are ``xyxy`` = (x1, y1, x2, y2) in pixels of the original image; a "sample" is one frame
 of the stream, indexed 0..n_samples-1 at the stream's real ``fps``. All durations in the settings are in
 seconds and are converted to samples with that fps, so 30 and 60 fps clips behave the same in time.
+
+Importing this module is cheap: torch, cv2, scipy.ndimage and ultralytics are imported inside the functions
+that use them.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from scipy.optimize import linear_sum_assignment
-
-from models.crops import square_boxes
 
 __all__ = [
-    "ByteTracker",
+    "OnlineTracker",
     "RawTrack",
     "Track",
     "TrackerSettings",
@@ -51,13 +54,23 @@ class TrackerSettings(BaseModel):
         0.5, ge=0.0, le=1.0, description="detections >= this take part in the first association"
     )
     low_thresh: float = Field(
-        0.1, ge=0.0, le=1.0, description="detections in [low_thresh, high_thresh) only in the second one"
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="detections in (low_thresh, high_thresh) only in the second one (IoU >= 0.5, fixed by "
+        "ultralytics)",
     )
     new_track_thresh: float = Field(
         0.6, ge=0.0, le=1.0, description="an unmatched high detection starts a track only if score >= this"
     )
     match_iou: float = Field(0.2, ge=0.0, le=1.0, description="minimum IoU in the first association")
-    low_match_iou: float = Field(0.5, ge=0.0, le=1.0, description="minimum IoU in the second association")
+    fuse_score: bool = Field(
+        False, description="first association on 1 - IoU * score instead of 1 - IoU (ultralytics' fuse_score)"
+    )
+    gmc_method: Literal["sparseOptFlow", "orb", "sift", "ecc", "none"] = Field(
+        "sparseOptFlow",
+        description="BoT-SORT camera-motion compensation; only applied when the tracker is given the frames",
+    )
     lost_seconds: float = Field(1.0, ge=0.0, description="how long an unmatched track is kept (predicted)")
     relink_seconds: float = Field(3.0, ge=0.0, description="largest gap bridged by re-linking; 0 = off")
     min_seconds: float = Field(1.0, ge=0.0, description="drop tracks observed for less than this")
@@ -84,8 +97,10 @@ class TrackerSettings(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Box helpers
+# Helpers
 # --------------------------------------------------------------------------------------------------------
+
+_MIN_SIZE = 1.0  # pixels; keeps box heights positive for degenerate boxes
 
 
 def bbx_xys_from_xyxy(xyxy: np.ndarray, enlarge: float = 1.2, aspect: float = 0.75) -> np.ndarray:
@@ -100,6 +115,10 @@ def bbx_xys_from_xyxy(xyxy: np.ndarray, enlarge: float = 1.2, aspect: float = 0.
         (N, 3) float32 (cx, cy, s): box centre and side of the square crop,
         ``s = enlarge * max(h, w / aspect)``.
     """
+    import torch
+
+    from models.crops import square_boxes
+
     b = torch.from_numpy(np.asarray(xyxy, dtype=np.float32).reshape(-1, 4))
     return square_boxes(b, enlarge, aspect).numpy()
 
@@ -112,7 +131,7 @@ def moving_average(x: np.ndarray, window: int) -> np.ndarray:
         window: odd window length; 1 returns a copy.
     Returns:
         Same shape as ``x``; floating inputs keep their dtype, others become float64. Each end is padded
-        with ``window // 2`` copies of the first/last sample, so a constant signal stays constant and a
+        with copies of the first/last sample (``mode="nearest"``), so a constant signal stays constant and a
         ramp is unchanged except within ``window // 2`` of the ends.
     """
     if window < 1 or window % 2 == 0:
@@ -121,26 +140,10 @@ def moving_average(x: np.ndarray, window: int) -> np.ndarray:
     out_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
     if window == 1 or x.shape[0] <= 1:
         return x.astype(out_dtype, copy=True)
-    half = window // 2
-    xd = x.astype(np.float64)
-    padded = np.concatenate([np.repeat(xd[:1], half, axis=0), xd, np.repeat(xd[-1:], half, axis=0)], axis=0)
-    # Window sums from a cumulative sum (with a leading zero row), accumulated in float64.
-    c = np.cumsum(padded, axis=0)
-    c = np.concatenate([np.zeros_like(c[:1]), c], axis=0)
-    return ((c[window:] - c[:-window]) / window).astype(out_dtype)
+    from scipy.ndimage import uniform_filter1d
 
-
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of (N, 4) and (M, 4) xyxy boxes -> (N, M); degenerate boxes give 0."""
-    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix2 - ix1, 0.0, None) * np.clip(iy2 - iy1, 0.0, None)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0.0, None) * np.clip(a[:, 3] - a[:, 1], 0.0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0.0, None) * np.clip(b[:, 3] - b[:, 1], 0.0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0.0, inter / np.where(union > 0.0, union, 1.0), 0.0)
+    # Accumulated in float64 whatever the input dtype; an odd window with origin 0 is centred.
+    return uniform_filter1d(x.astype(np.float64), window, axis=0, mode="nearest").astype(out_dtype)
 
 
 def _seconds_to_samples(seconds: float, fps: float) -> int:
@@ -155,200 +158,109 @@ def _check_fps(fps: float) -> float:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Online tracker
+# Online tracker (ultralytics BoT-SORT)
 # --------------------------------------------------------------------------------------------------------
 
-# Kalman noise as fractions of the box size (ByteTrack/DeepSORT-style weighting): uncertainty scales with
-# how large the person appears, so one set of numbers works for near and far people.
-_STD_POS = 1.0 / 20.0
-_STD_VEL = 1.0 / 160.0
-_MIN_SIZE = 1.0  # pixels; keeps noise and predicted boxes positive for degenerate detections
 
+@functools.cache
+def _botsort_class() -> type:
+    """ultralytics' BOTSORT with two changes (imported on first use: pulls in torch and cv2).
 
-class _BoxKalman:
-    """Constant-velocity Kalman filter of one box, time step = one sample.
-
-    State (8,): ``[cx, cy, w, h, vcx, vcy, vw, vh]`` in pixels and pixels/sample; measurement (4,):
-    ``[cx, cy, w, h]``. Width and height are filtered independently (rather than an aspect ratio) so that
-    both noise terms are plain pixel scales: the cx/w entries scale with the box width, cy/h with its height.
+    * New tracks are confirmed at once. Upstream only confirms (and reports) a new track once it is matched
+      again in the next sample, except in the very first sample; we keep every observation, also a track's
+      first, so clean detections give the same boxes as before. Short spurious tracks are dropped offline by
+      :func:`finalize` (``min_seconds``).
+    * A lost track is gone as soon as it exceeds ``track_buffer``. Upstream leaves it in the lost pool for
+      one more sample, where it can still be matched, which made the window one sample longer.
     """
+    from stages.detect import configure_ultralytics
 
-    _F = np.block([[np.eye(4), np.eye(4)], [np.zeros((4, 4)), np.eye(4)]])  # x += v per sample
-    _H = np.eye(4, 8)  # observe the box, not its velocity
+    configure_ultralytics()  # before the first ultralytics import: offline, quiet, no pip installs
+    from ultralytics.trackers.basetrack import TrackState
+    from ultralytics.trackers.bot_sort import BOTSORT
 
-    def __init__(self, z: np.ndarray):
-        self.mean = np.concatenate([z, np.zeros(4)])
-        scale = self._scale(z)
-        std = np.concatenate([2.0 * _STD_POS * scale, 10.0 * _STD_VEL * scale])
-        self.cov = np.diag(std**2)
+    class ExactBOTSORT(BOTSORT):
+        def _init_new_tracks(
+            self, u_detection: list[int], detections: list, activated: list, refind: list | None = None
+        ) -> None:
+            super()._init_new_tracks(u_detection, detections, activated, refind)
+            for track in activated:  # the new ones; matched tracks in the list are activated already
+                track.is_activated = True
 
-    @staticmethod
-    def _scale(z: np.ndarray) -> np.ndarray:
-        w = max(float(z[2]), _MIN_SIZE)
-        h = max(float(z[3]), _MIN_SIZE)
-        return np.array([w, h, w, h])
+        def _remove_stale_lost(self, removed: list) -> None:
+            super()._remove_stale_lost(removed)
+            self.lost_stracks = [t for t in self.lost_stracks if t.state != TrackState.Removed]
 
-    def predict(self) -> None:
-        scale = self._scale(self.mean[:4])
-        q = np.diag(np.concatenate([_STD_POS * scale, _STD_VEL * scale]) ** 2)
-        self.mean = self._F @ self.mean
-        self.cov = self._F @ self.cov @ self._F.T + q
-
-    def update(self, z: np.ndarray) -> None:
-        r = np.diag((_STD_POS * self._scale(self.mean[:4])) ** 2)
-        s = self._H @ self.cov @ self._H.T + r
-        pht = self.cov @ self._H.T
-        gain = np.linalg.solve(s, pht.T).T  # K = P H^T S^-1, S symmetric
-        self.mean = self.mean + gain @ (z - self._H @ self.mean)
-        self.cov = self.cov - gain @ s @ gain.T
-
-    def freeze_size(self) -> None:
-        """Stop the size from drifting while the track coasts without measurements."""
-        self.mean[6:] = 0.0
-
-    def xyxy(self) -> np.ndarray:
-        cx, cy = self.mean[0], self.mean[1]
-        w = max(self.mean[2], _MIN_SIZE)
-        h = max(self.mean[3], _MIN_SIZE)
-        return np.array([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h])
+    return ExactBOTSORT
 
 
-def _xyxy_to_cxcywh(b: np.ndarray) -> np.ndarray:
-    return np.array([0.5 * (b[0] + b[2]), 0.5 * (b[1] + b[3]), b[2] - b[0], b[3] - b[1]])
+class OnlineTracker:
+    """ultralytics' BoT-SORT (no ReID), fed one sample (frame) at a time at the stream's real rate.
 
+    Per sample: the Kalman filter (state ``[cx, cy, w, h]`` + velocities) predicts every track; if a frame is
+    given and ``gmc_method != "none"``, predictions are warped by the estimated camera motion; (1) all live
+    tracks (tracked and lost) are matched to high-score detections (score >= ``high_thresh``) by linear
+    assignment on 1 - IoU (1 - IoU * score if ``fuse_score``), accepting IoU >= ``match_iou``; (2) the still
+    unmatched *tracked* tracks are matched to low-score detections (``low_thresh < score < high_thresh``)
+    with IoU >= 0.5; (3) unmatched high detections with score >= ``new_track_thresh`` start new tracks. A
+    track unmatched for more than ``round(lost_seconds * fps)`` samples is removed (ultralytics'
+    ``track_buffer``, which in 8.4 counts samples and is not rescaled by a frame rate; a window that rounds
+    to 0 still bridges one missing sample, as removal starts with the second).
 
-class _OnlineTrack:
-    """One live track: its filter, id and the number of consecutive samples without a match."""
-
-    def __init__(self, track_id: int, xyxy: np.ndarray):
-        self.track_id = track_id
-        self.kf = _BoxKalman(_xyxy_to_cxcywh(xyxy))
-        self.missed = 0  # 0 = matched in the latest sample ("tracked"); > 0 = lost for that many samples
-
-    def mark_missed(self) -> None:
-        if self.missed == 0:
-            self.kf.freeze_size()
-        self.missed += 1
-
-    def mark_matched(self, xyxy: np.ndarray) -> None:
-        self.kf.update(_xyxy_to_cxcywh(xyxy))
-        self.missed = 0
-
-
-def _associate(
-    track_boxes: np.ndarray, det_boxes: np.ndarray, min_iou: float
-) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
-    """Hungarian matching on 1 - IoU, accepting pairs with IoU >= min_iou.
-
-    Leaving a track and a detection unmatched costs ``1 - min_iou`` in total (half each, via dummy rows and
-    columns), i.e. exactly the cost of the weakest acceptable match. So a strong match is never broken up to
-    make two weak ones, and a pair below the threshold can never displace an acceptable one.
-
-    Args:
-        track_boxes: (N, 4) predicted track boxes; det_boxes: (M, 4) detections.
-    Returns:
-        (pairs of (track row, det row), unmatched track rows, unmatched det rows).
-    """
-    n, m = len(track_boxes), len(det_boxes)
-    if n == 0 or m == 0:
-        return [], np.arange(n), np.arange(m)
-    iou = _iou_matrix(track_boxes, det_boxes)
-    valid = iou >= min_iou
-    forbidden = 1e6
-    half_limit = 0.5 * (1.0 - min_iou)
-    # (N+M, M+N): [[pairs, track->dummy], [dummy->det, dummy->dummy (free)]].
-    cost = np.full((n + m, m + n), forbidden)
-    cost[:n, :m] = np.where(valid, 1.0 - iou, forbidden)
-    cost[np.arange(n), m + np.arange(n)] = half_limit
-    cost[n + np.arange(m), np.arange(m)] = half_limit
-    cost[n:, m:] = 0.0
-    rows, cols = linear_sum_assignment(cost)
-    keep = (rows < n) & (cols < m)
-    rows, cols = rows[keep], cols[keep]
-    pairs = [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if valid[r, c]]
-    used_t = {p[0] for p in pairs}
-    used_d = {p[1] for p in pairs}
-    return (
-        pairs,
-        np.array([i for i in range(n) if i not in used_t], dtype=np.int64),
-        np.array([j for j in range(m) if j not in used_d], dtype=np.int64),
-    )
-
-
-class ByteTracker:
-    """ByteTrack-style online multi-person tracker, fed one sample (frame) at a time.
-
-    Per sample: every track is predicted with its constant-velocity Kalman filter; (1) all live tracks
-    (tracked and recently lost) are matched to high-score detections (score >= ``high_thresh``) by the
-    Hungarian algorithm on 1 - IoU, accepting IoU >= ``match_iou``; (2) the still unmatched *tracked* tracks
-    (matched in the previous sample) are matched to low-score detections (``low_thresh <= score <
-    high_thresh``) with IoU >= ``low_match_iou``; (3) unmatched high detections with score >=
-    ``new_track_thresh`` start new tracks, ids 0, 1, 2, ... in order of creation (detection order within a
-    sample). A track unmatched for more than ``round(lost_seconds * fps)`` consecutive samples is removed.
-
-    New tracks are confirmed immediately (no probation sample); short spurious tracks are removed offline by
-    :func:`finalize` instead.
+    Our ids are 0, 1, 2, ... in order of creation (detection order within a sample), whatever ultralytics
+    numbers them. Boxes with zero width or height are ignored by ultralytics (id -1).
     """
 
     def __init__(self, settings: TrackerSettings, fps: float):
         self.settings = settings
         self.fps = _check_fps(fps)
         self.lost_frames = _seconds_to_samples(settings.lost_seconds, self.fps)
-        self._tracks: list[_OnlineTrack] = []
-        self._next_id = 0
+        args = SimpleNamespace(
+            track_high_thresh=settings.high_thresh,
+            track_low_thresh=settings.low_thresh,
+            new_track_thresh=settings.new_track_thresh,
+            track_buffer=self.lost_frames,
+            match_thresh=1.0 - settings.match_iou,  # a cost limit on 1 - IoU
+            fuse_score=settings.fuse_score,
+            gmc_method=settings.gmc_method,
+            # ReID off: its thresholds are read but unused.
+            proximity_thresh=0.5,
+            appearance_thresh=0.8,
+            with_reid=False,
+            model="auto",
+        )
+        self._tracker = _botsort_class()(args)
+        if self._tracker.max_frames_lost != self.lost_frames:  # an ultralytics that rescales by fps/30
+            got = self._tracker.max_frames_lost
+            raise RuntimeError(f"ultralytics keeps lost tracks {got} samples, expected {self.lost_frames}")
+        self._ids: dict[int, int] = {}  # ultralytics track id -> ours
 
-    def update(self, xyxy: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    def update(self, xyxy: np.ndarray, scores: np.ndarray, frame: np.ndarray | None = None) -> np.ndarray:
         """Advance one sample.
 
         Args:
             xyxy: (N, 4) detection boxes in pixels (N may be 0).
             scores: (N,) detection confidences in [0, 1].
+            frame: (H, W, 3) uint8 image of this sample (pixels matching the boxes) for camera-motion
+                compensation; None = none.
         Returns:
             (N,) int64 track id per detection, -1 where the detection was not assigned to a track.
         """
+        from ultralytics.engine.results import Boxes
+
         boxes = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
         conf = np.asarray(scores, dtype=np.float64).reshape(-1)
         if len(boxes) != len(conf):
             raise ValueError(f"{len(boxes)} boxes but {len(conf)} scores")
-        s = self.settings
+        data = np.concatenate([boxes, conf[:, None], np.zeros((len(conf), 1))], axis=1)  # class 0 = person
+        orig_hw = frame.shape[:2] if frame is not None else (0, 0)  # only used for normalised boxes
+        # Rows: [x1, y1, x2, y2, track_id, score, cls, detection index] of tracks matched in this sample.
+        out = self._tracker.update(Boxes(data, orig_hw), frame).reshape(-1, 8)
         ids = np.full(len(conf), -1, dtype=np.int64)
-
-        for t in self._tracks:
-            t.kf.predict()
-        pred = np.array([t.kf.xyxy() for t in self._tracks]).reshape(-1, 4)
-
-        high = np.flatnonzero(conf >= s.high_thresh)
-        low = np.flatnonzero((conf >= s.low_thresh) & (conf < s.high_thresh))
-
-        # 1st association: every live track vs high-score detections.
-        pairs, free_t, free_h = _associate(pred, boxes[high], s.match_iou)
-        matched: set[int] = set()
-        for ti, dj in pairs:
-            self._tracks[ti].mark_matched(boxes[high[dj]])
-            ids[high[dj]] = self._tracks[ti].track_id
-            matched.add(ti)
-
-        # 2nd association: only tracks seen in the previous sample may take low-score detections; a lost
-        # track's prediction is too uncertain to trust a weak box.
-        tracked = np.array([ti for ti in free_t if self._tracks[ti].missed == 0], dtype=np.int64)
-        pairs2, _, _ = _associate(pred[tracked], boxes[low], s.low_match_iou)
-        for ti, dj in pairs2:
-            track = self._tracks[tracked[ti]]
-            track.mark_matched(boxes[low[dj]])
-            ids[low[dj]] = track.track_id
-            matched.add(int(tracked[ti]))
-
-        for ti, t in enumerate(self._tracks):
-            if ti not in matched:
-                t.mark_missed()
-        self._tracks = [t for t in self._tracks if t.missed <= self.lost_frames]
-
-        for dj in free_h:
-            d = high[dj]
-            if conf[d] >= s.new_track_thresh:
-                self._tracks.append(_OnlineTrack(self._next_id, boxes[d]))
-                ids[d] = self._next_id
-                self._next_id += 1
+        det = out[:, 7].astype(np.int64)
+        order = np.argsort(det, kind="stable")  # new tracks get our ids in detection order
+        for d, uid in zip(det[order].tolist(), out[order, 4].astype(np.int64).tolist(), strict=True):
+            ids[d] = self._ids.setdefault(uid, len(self._ids))
         return ids
 
 
@@ -390,22 +302,30 @@ def _raw_from_lists(groups: dict[int, list[tuple[int, np.ndarray, float]]]) -> l
 
 
 def track_detections(
-    dets: Sequence[tuple[np.ndarray, np.ndarray]], fps: float, settings: TrackerSettings
+    dets: Sequence[tuple[np.ndarray, np.ndarray]],
+    fps: float,
+    settings: TrackerSettings,
+    frames: Iterable[np.ndarray] | None = None,
 ) -> list[RawTrack]:
     """Track a whole clip.
 
     Args:
         dets: per sample i (the i-th frame at ``fps``), ``(xyxy (N_i, 4), scores (N_i,))``.
         fps: the stream's real frame rate (sets the lost window).
+        frames: optional (H, W, 3) uint8 images, one per sample in the same order (consumed lazily, so a
+            generator does not hold the clip in memory); they enable BoT-SORT's camera-motion compensation
+            (``settings.gmc_method``). None = no compensation.
     Returns:
-        One :class:`RawTrack` per tracker id, sorted by id, holding the raw detection boxes it was given.
+        One :class:`RawTrack` per tracker id, sorted by id, holding the raw detection boxes it was given
+        (never the tracker's filtered boxes).
     """
-    tracker = ByteTracker(settings, fps)
+    tracker = OnlineTracker(settings, fps)
+    images = iter(frames) if frames is not None else None
     groups: dict[int, list[tuple[int, np.ndarray, float]]] = {}
     for i, (xyxy, scores) in enumerate(dets):
         boxes = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
         conf = np.asarray(scores, dtype=np.float64).reshape(-1)
-        ids = tracker.update(boxes, conf)
+        ids = tracker.update(boxes, conf, next(images) if images is not None else None)
         for d in np.flatnonzero(ids >= 0):
             groups.setdefault(int(ids[d]), []).append((i, boxes[d], float(conf[d])))
     return _raw_from_lists(groups)
@@ -474,6 +394,12 @@ _RELINK_DIST_HEIGHTS = 1.5
 _RELINK_DIST_HEIGHTS_PER_SECOND = 0.5
 
 
+def _centre_height(xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 4) boxes -> centres (N, 2) and heights (N,) (at least ``_MIN_SIZE``), float64."""
+    b = np.asarray(xyxy, dtype=np.float64)
+    return 0.5 * (b[:, :2] + b[:, 2:]), np.maximum(b[:, 3] - b[:, 1], _MIN_SIZE)
+
+
 def _relink(raw: list[RawTrack], fps: float, max_gap: int) -> list[RawTrack]:
     """Greedily merge track pieces that belong to the same person.
 
@@ -489,31 +415,29 @@ def _relink(raw: list[RawTrack], fps: float, max_gap: int) -> list[RawTrack]:
     n = len(pieces)
     if n < 2 or max_gap <= 0:
         return pieces
-    cands: list[tuple[float, int, int, int, int, int]] = []
-    for a in range(n):
-        ra = pieces[a]
-        end_a = int(ra.sample_index[-1])
-        last = ra.xyxy[-1].astype(np.float64)
-        h_a = max(float(last[3] - last[1]), _MIN_SIZE)
-        c_a = 0.5 * (last[:2] + last[2:])
-        for b in range(n):
-            rb = pieces[b]
-            gap = int(rb.sample_index[0]) - end_a
-            if gap <= 0 or gap > max_gap:
-                continue
-            first = rb.xyxy[0].astype(np.float64)
-            h_b = max(float(first[3] - first[1]), _MIN_SIZE)
-            ratio = h_b / h_a
-            if not _RELINK_HEIGHT_RATIO[0] <= ratio <= _RELINK_HEIGHT_RATIO[1]:
-                continue
-            dist = float(np.linalg.norm(0.5 * (first[:2] + first[2:]) - c_a)) / max(h_a, h_b)
-            if dist > _RELINK_DIST_HEIGHTS + _RELINK_DIST_HEIGHTS_PER_SECOND * gap / fps:
-                continue
-            cands.append((dist, gap, ra.track_id, rb.track_id, a, b))
-    cands.sort()
+    # All (A = row, B = column) pairs at once.
+    ends = np.array([p.sample_index[-1] for p in pieces], dtype=np.int64)
+    starts = np.array([p.sample_index[0] for p in pieces], dtype=np.int64)
+    ids = np.array([p.track_id for p in pieces], dtype=np.int64)
+    c_end, h_end = _centre_height(np.stack([p.xyxy[-1] for p in pieces]))
+    c_start, h_start = _centre_height(np.stack([p.xyxy[0] for p in pieces]))
+    gap = starts[None, :] - ends[:, None]
+    ratio = h_start[None, :] / h_end[:, None]
+    dist = np.linalg.norm(c_start[None, :, :] - c_end[:, None, :], axis=-1) / np.maximum(
+        h_end[:, None], h_start[None, :]
+    )
+    ok = (
+        (gap > 0)
+        & (gap <= max_gap)
+        & (ratio >= _RELINK_HEIGHT_RATIO[0])
+        & (ratio <= _RELINK_HEIGHT_RATIO[1])
+        & (dist <= _RELINK_DIST_HEIGHTS + _RELINK_DIST_HEIGHTS_PER_SECOND * gap / fps)
+    )
+    a_idx, b_idx = np.nonzero(ok)
+    order = np.lexsort((ids[b_idx], ids[a_idx], gap[a_idx, b_idx], dist[a_idx, b_idx]))  # last key first
     nxt: dict[int, int] = {}
     prev: dict[int, int] = {}
-    for *_, a, b in cands:
+    for a, b in zip(a_idx[order].tolist(), b_idx[order].tolist(), strict=True):
         if a in nxt or b in prev:
             continue
         nxt[a] = b
@@ -557,17 +481,18 @@ def _fill_gaps(raw: RawTrack, max_gap: int) -> tuple[np.ndarray, np.ndarray, np.
         sample_index (T,) int64, xyxy (T, 4) float32, score (T,) float32 (0 where interpolated),
         observed (T,) bool. Samples inside longer gaps are not included.
     """
+    from scipy.ndimage import label
+
     idx = raw.sample_index.astype(np.int64)
-    parts = [idx[:1]]
-    for k in range(1, len(idx)):
-        missing = int(idx[k] - idx[k - 1] - 1)
-        if 0 < missing <= max_gap:
-            parts.append(np.arange(idx[k - 1] + 1, idx[k], dtype=np.int64))
-        parts.append(idx[k : k + 1])
-    full = np.concatenate(parts)
+    span = np.arange(idx[0], idx[-1] + 1, dtype=np.int64)
+    seen = np.zeros(len(span), dtype=bool)
+    seen[idx - idx[0]] = True
+    holes, _ = label(~seen)  # each run of missing samples gets its own label; 0 = observed
+    hole_len = np.bincount(holes)
+    keep = seen | (hole_len[holes] <= max_gap)
+    full, observed = span[keep], seen[keep]
     # Interpolation only ever evaluates inside short gaps, so np.interp never bridges a long one.
     xyxy = np.stack([np.interp(full, idx, raw.xyxy[:, c]) for c in range(4)], axis=1).astype(np.float32)
-    observed = np.isin(full, idx)
     score = np.zeros(len(full), dtype=np.float32)
     score[observed] = raw.score
     return full, xyxy, score, observed

@@ -39,8 +39,6 @@ from stages.camera_droid import (
     anchor_to_first,
     droid_available,
     droid_size,
-    matrix_to_quat_xyzw,
-    quat_xyzw_to_matrix,
     scaled_intrinsics,
     tum_to_w2c,
     w2c_to_tum,
@@ -50,7 +48,7 @@ from stages.estimate import PersonInput, span_inputs
 from stages.track import Tracks
 from stages.video import probe
 from tests.media import ffmpeg_available
-from tests.scenes import (
+from tools.scenes import (
     Person,
     Shot,
     homography_shot,
@@ -505,14 +503,14 @@ def test_droid_tum_conversion_round_trip():
     # deliberately asymmetric: 30 deg about x then 20 deg about y catches transposes and quaternion order
     R_c2w = Rotation.from_euler("xy", [30, 20], degrees=True).as_matrix()
     C = np.array([1.0, -2.0, 0.5])
-    q = matrix_to_quat_xyzw(R_c2w)
+    q = w2c_to_tum(R_c2w.T[None], (-R_c2w.T @ C)[None])[0, 3:]  # scalar-last, as TUM stores it
     assert q[3] >= 0 and np.isclose(np.linalg.norm(q), 1.0)
+    np.testing.assert_allclose(q, Rotation.from_matrix(R_c2w).as_quat(canonical=True), atol=1e-12)
     traj = np.concatenate([C, q])[None]
     R_w2c, t_w2c = tum_to_w2c(traj)
     np.testing.assert_allclose(R_w2c[0], R_c2w.T, atol=1e-12)
     np.testing.assert_allclose(t_w2c[0], -R_c2w.T @ C, atol=1e-12)
     np.testing.assert_allclose(R_w2c[0] @ C + t_w2c[0], 0, atol=1e-12)  # the centre maps to the origin
-    np.testing.assert_allclose(quat_xyzw_to_matrix(q), R_c2w, atol=1e-12)
     # random trajectories round-trip, and anchoring gives R_w2c[0] = I with relative motion unchanged
     R = _rand_R(12, 5)
     t = np.random.default_rng(0).normal(size=(12, 3))

@@ -12,8 +12,8 @@ from pipeline.cli import main
 from pipeline.store import ArtifactStore
 from stages.camera import cam_angvel
 from tests.media import ffmpeg_available
-from tests.scenes import Person, make_room, render_shot, rotation_errors, write_video
 from tests.shared import fixture_dir
+from tools.scenes import Person, make_room, render_shot, rotation_errors, write_video
 
 PERCEPTION = fixture_dir("perception_parity")
 GEM = fixture_dir("gem_parity")

@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 import torch
 
+from models.body_model import BodyModel
 from models.gem import codec, rotations
 from models.gem.camera import default_intrinsics, transl_from_weak_perspective
 from models.gem.ik import ccd_solve_chain, contact_ik
 from models.gem.parity_decode import check_decode
 from models.gem.postprocess import static_joint_postprocess
 from models.gem.rollout import gaussian_smooth, static_cam_angvel, world_rollout
-from models.gem.skeleton import Skeleton, fk, fk_from_local
+from models.gem.skeleton import Skeleton, fk
+from models.geometry import axis_angle_to_matrix, forward_kinematics, joint_offsets
 from tests.shared import fixture_dir
 
 FIXTURES = fixture_dir("gem_parity")
@@ -202,6 +204,29 @@ def test_fk_rest_pose(skeleton):
     assert torch.allclose(rot, expect + rest[..., :1, :] + transl[..., None, :], atol=1e-5)
 
 
+@needs_fixtures
+def test_skeleton_comes_from_the_body_model_and_fk_agrees_with_geometry(skeleton):
+    body = BodyModel.load(BODY_MODEL)
+    from_body = Skeleton.from_body_model(body)
+    for k in ("J_template", "J_shapedirs", "parents"):
+        assert torch.equal(getattr(from_body, k), getattr(skeleton, k)), k
+    g = torch.Generator().manual_seed(0)
+    pose, orient = torch.randn(2, 4, 63, generator=g) * 0.5, torch.randn(2, 4, 3, generator=g)
+    betas = torch.randn(2, 1, 10, generator=g).expand(2, 4, 10)
+    transl = torch.randn(2, 4, 3, generator=g)
+    out = fk(skeleton, pose, betas, orient, transl)
+    # the same motion through the float64 numpy chain (models.geometry) and the float64 body model
+    aa = torch.cat((orient, pose), -1).reshape(2, 4, 22, 3).double().numpy()
+    rest = skeleton.rest_joints(betas.double()).numpy()
+    par = skeleton.parents.tolist()
+    root = rest[..., 0, :] + transl.double().numpy()
+    Rg, pos = forward_kinematics(par, axis_angle_to_matrix(aa), joint_offsets(rest, par), root)
+    assert np.abs(out["joints"].numpy() - pos).max() < 1e-5
+    assert np.abs(out["R_global"].numpy() - Rg).max() < 1e-5
+    b, o, p, t = (x[0].double().numpy() for x in (betas, orient, pose, transl))
+    np.testing.assert_allclose(body.posed_joints(o, p, b[0], t), pos[0], atol=1e-5)
+
+
 def test_missing_body_model(tmp_path):
     with pytest.raises(FileNotFoundError):
         Skeleton.from_dir(tmp_path)
@@ -369,6 +394,6 @@ def test_ccd_reaches_a_reachable_target():
     R = R_local
     for _ in range(10):
         R = ccd_solve_chain(torch.eye(3)[None], torch.zeros(1, 3), R, offsets, 3, target)
-    _, p = fk_from_local(R, offsets, [-1, 0, 1, 2, 3])
-    assert float((p[0, 3] - target[0]).norm()) < 0.05 * before
+    _, p = forward_kinematics([-1, 0, 1, 2, 3], R.numpy(), offsets.numpy())
+    assert float(np.linalg.norm(p[0, 3] - target[0].numpy())) < 0.05 * before
     assert torch.allclose(R @ R.transpose(-1, -2), torch.eye(3).expand_as(R), atol=1e-5)

@@ -199,16 +199,28 @@ def test_without_features_and_without_body_model(full, clip, tmp_path):
     np.testing.assert_array_equal(pp2.arrays["person_0/body_pose"], est2.arrays["person_0/body_pose"])
 
 
-def test_cli_until_features(clip, tmp_path, capsys):
-    video, dets = clip
-    args = ["run", str(video), "--out", str(tmp_path / "o"), "--until", "features", "--detections", str(dets)]
+def test_cli_stages_keypoints_and_features(clip, tmp_path, capsys, monkeypatch):
+    """``--stages keypoints,features`` runs both (one decode for their crops); ``--until features`` runs
+    features and what it needs, not keypoints."""
+    import stages.video as video
+
+    launches: list[str] = []
+    orig = video._iter_video
+    monkeypatch.setattr(
+        video, "_iter_video", lambda info, *a, **k: launches.append(info.path) or orig(info, *a, **k)
+    )
+    video_path, dets = clip
+    args = ["run", str(video_path), "--out", str(tmp_path / "o"), "--detections", str(dets)]
     for item in REDUCED:
         args += ["--set", item]
-    assert main(args) == 0
-    report = json.loads((tmp_path / "o" / "report.json").read_text())
-    stages = report["clips"][0]["stages"]
+    assert main([*args, "--stages", "keypoints,features"]) == 0
+    stages = json.loads((tmp_path / "o" / "report.json").read_text())["clips"][0]["stages"]
     assert stages["keypoints"]["status"] == stages["features"]["status"] == "computed"
-    assert stages["estimate"]["status"] == "skipped"
+    assert stages["estimate"]["status"] == stages["camera"]["status"] == "skipped"
+    assert len(launches) == 2  # the tracks' timeline, then one crops decode for both models
+    assert main([*args, "--until", "features"]) == 0
+    stages = json.loads((tmp_path / "o" / "report.json").read_text())["clips"][0]["stages"]
+    assert stages["features"]["status"] == "cached" and stages["keypoints"]["status"] == "skipped"
 
 
 def _aa(R: np.ndarray) -> np.ndarray:
@@ -269,7 +281,10 @@ def test_onnx_backend_gives_the_torch_results(full, clip, tmp_path):
     vit = export_onnx(load_vitpose(VITPOSE, num_heads=4), tmp_path / "vitpose_coco17.onnx")
     hmr = export_onnx(load_hmr2(HMR2, num_heads=4, decoder_heads=4), tmp_path / "hmr2.onnx")
     doc2, ctx2 = _run(
-        clip, tmp_path / "out", "features", [f"keypoints.weights={vit}", f"features.weights={hmr}"]
+        clip,
+        tmp_path / "out",
+        "features",
+        [f"keypoints.weights={vit}", f"features.weights={hmr}", "run.stages=[keypoints, features]"],
     )
     assert doc2["artifacts"]["keypoints"] != doc["artifacts"]["keypoints"]  # other weight file, other key
     for stage, name, tol in (("keypoints", "kp2d", 1e-3), ("features", "f_imgseq", 1e-3)):

@@ -18,10 +18,10 @@ from models.crops import _blur_window, cut_crops, square_boxes, warp_crops
 from models.heatmap import decode_heatmaps, flip_back
 from models.hmr2 import HMR2, DecoderDims, load_hmr2
 from models.onnx_runner import OnnxModel, export_onnx
-from models.perception_parity import main
 from models.vit import CheckpointError, ViTDims
 from models.vitpose import HeadDims, ViTPose, heatmaps_flip_test, load_vitpose
 from tests.shared import fixture_dir
+from tools.perception_parity import main
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = fixture_dir("perception_parity")
@@ -58,7 +58,7 @@ def small_hmr2() -> HMR2:
 @needs_fixtures
 def test_parity_cli_passes_on_public_fixtures():
     run = subprocess.run(
-        [sys.executable, "-m", "models.perception_parity", str(FIXTURES)],
+        [sys.executable, "-m", "tools.perception_parity", str(FIXTURES)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -74,7 +74,6 @@ EXPECTED_FAIL = {
     "truncated": ("probe", "moov atom not found"),
     "audio_only": ("probe", "no video stream"),
     "one_frame": ("probe", "too short: 1 frame"),
-    "no_person": ("track", "no person"),
     "truncated_faststart": ("probe", "truncated or corrupt"),
     "no_frames": ("probe", "no decodable video frames"),
     "corrupt": ("track", "truncated or corrupt"),
@@ -119,6 +118,11 @@ def test_folder_statuses_tracks_and_cache(corpus, tmp_path):
             assert e["stages"][s]["status"] == "skipped" and e["stages"][s]["reason"] == "after --until track"
         clip_dir = out / e["id"]
         assert {"clip.json", "tracks.npz", "tracks.json"} <= {p.name for p in clip_dir.iterdir()}
+
+    # Nobody in the clip is an outcome, not a failure: the clip is ok with no people and says why.
+    e = entries["no_person"]
+    assert e["status"] == "ok" and e["people"] == 0 and e["stages"]["track"]["status"] == "computed"
+    assert any(w.startswith("no person") for w in e["warnings"]), e["warnings"]
 
     # Tracks follow the true boxes, on the 30 fps model timeline, with source frame numbers kept.
     for stem, (people, t_src) in truth.items():
@@ -175,7 +179,7 @@ def test_clip_json_describes_the_clip(corpus, tmp_path):
 
 
 def test_failed_rerun_removes_stale_outputs(corpus, tmp_path):
-    """A clip that was ok and now fails (here: detections withdrawn) must not keep old tracks."""
+    """A clip that was ok and now fails (here: its detections withdrawn) must not keep old tracks."""
     root, dets, _ = corpus
     out = tmp_path / "out"
     clip = discover([str(root / "good30.mp4")])
@@ -183,9 +187,9 @@ def test_failed_rerun_removes_stale_outputs(corpus, tmp_path):
     assert run_batch(clip, RunContext.create(cfg, out, detections=dets))["summary"]["ok"] == 1
     assert (out / clip[0].id / "tracks.npz").exists()
     empty = tmp_path / "none.json"
-    empty.write_text(json.dumps({"good30": []}))
+    empty.write_text(json.dumps({"other_clip": []}))
     r = run_batch(clip, RunContext.create(cfg, out, detections=empty))
-    assert r["clips"][0]["status"] == "failed" and "no person" in r["clips"][0]["error"]
+    assert r["clips"][0]["status"] == "failed" and "no detections for this clip" in r["clips"][0]["error"]
     assert sorted(p.name for p in (out / clip[0].id).iterdir()) == ["clip.json"]
 
 
@@ -312,10 +316,10 @@ def test_resume_after_kill(tmp_path):
     rep = json.loads((out / "report.json").read_text())
     stages = rep["clips"][0]["stages"]
     assert stages["probe"]["status"] == "cached", (r.stdout, r.stderr)
-    assert stages["track"]["status"] in ("computed", "failed"), stages
-    if stages["track"]["status"] == "failed":  # random weights may find nobody: then it must say so
-        assert "no person" in rep["clips"][0]["error"]
-    assert r.returncode in (0, 1)
+    assert stages["track"]["status"] == "computed", stages
+    if not rep["clips"][0]["people"]:  # random weights may find nobody: then it must say so
+        assert any(w.startswith("no person") for w in rep["clips"][0]["warnings"])
+    assert r.returncode == 0, r.stderr
 
 
 @pytest.mark.slow

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from stages.tracking import (
-    ByteTracker,
+    OnlineTracker,
     RawTrack,
     TrackerSettings,
     bbx_xys_from_xyxy,
@@ -39,7 +43,7 @@ def frame(*boxes_scores: tuple[np.ndarray, float]) -> tuple[np.ndarray, np.ndarr
 
 
 def run_tracker(dets: list[tuple[np.ndarray, np.ndarray]], fps: float, **kw: object) -> list[np.ndarray]:
-    tracker = ByteTracker(TrackerSettings(**kw), fps)
+    tracker = OnlineTracker(TrackerSettings(**kw), fps)
     return [tracker.update(*d) for d in dets]
 
 
@@ -171,7 +175,7 @@ def test_crossing_people_keep_identities(occlude_b: bool) -> None:
 
 
 def test_ids_start_at_zero_in_creation_order_and_empty_frames() -> None:
-    tracker = ByteTracker(TrackerSettings(), FPS)
+    tracker = OnlineTracker(TrackerSettings(), FPS)
     empty = tracker.update(np.zeros((0, 4)), np.zeros(0))
     assert empty.shape == (0,) and empty.dtype == np.int64
     ids = tracker.update(*frame((box(300, 300, 200), 0.9), (box(900, 300, 200), 0.8)))
@@ -201,7 +205,7 @@ def test_lost_track_keeps_its_size_while_coasting() -> None:
     assert out[-1][0] == 0
 
 
-@pytest.mark.parametrize("fps", [30.0, 60.0])
+@pytest.mark.parametrize("fps", [24.0, 30.0, 60.0])
 def test_lost_window_scales_with_fps(fps: float) -> None:
     """A stationary person vanishes and comes back: 0.8 s is within lost_seconds=1, 1.3 s is not."""
     person = frame((box(640, 360, 300), 0.9))
@@ -215,15 +219,70 @@ def test_lost_window_scales_with_fps(fps: float) -> None:
     assert first == back == 0
     first, back = ids_after_absence(1.3)
     assert (first, back) == (0, 1)
-    assert ByteTracker(TrackerSettings(lost_seconds=1.0), fps).lost_frames == int(fps)
+    assert OnlineTracker(TrackerSettings(lost_seconds=1.0), fps).lost_frames == int(fps)
 
 
-def test_lost_window_boundary_in_frames() -> None:
-    """Removed after more than round(lost_seconds*fps) unmatched frames, kept at exactly that many."""
+@pytest.mark.parametrize(("fps", "window"), [(30.0, 15), (24.0, 12), (60.0, 30)])
+def test_lost_window_boundary_in_frames(fps: float, window: int) -> None:
+    """Removed after more than round(lost_seconds*fps) unmatched frames, kept at exactly that many (0.5 s
+    at every rate: ultralytics' track_buffer is fed samples, not rescaled by fps/30)."""
     person = frame((box(640, 360, 300), 0.9))
-    kept = run_tracker([person] * 10 + [EMPTY] * 15 + [person], FPS, lost_seconds=0.5)
-    gone = run_tracker([person] * 10 + [EMPTY] * 16 + [person], FPS, lost_seconds=0.5)
+    kept = run_tracker([person] * 10 + [EMPTY] * window + [person], fps, lost_seconds=0.5)
+    gone = run_tracker([person] * 10 + [EMPTY] * (window + 1) + [person], fps, lost_seconds=0.5)
     assert kept[-1][0] == 0 and gone[-1][0] == 1
+
+
+def panning_scene() -> tuple[list[tuple[np.ndarray, np.ndarray]], list[np.ndarray]]:
+    """A person standing still while the camera jerks 60 px sideways at sample 10 (640x360 frames cut from
+    a textured panorama). In the image the person's 80 px wide box jumps 60 px: IoU 0.14 with the
+    prediction, below match_iou=0.2, unless the prediction follows the camera."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    world = gaussian_filter(rng.random((360, 900)), 2.0)
+    world = (255.0 * (world - world.min()) / np.ptp(world)).astype(np.uint8)
+    offsets = [0] * 10 + [60] * 10
+    frames = [np.repeat(world[:, o : o + 640, None], 3, axis=2) for o in offsets]
+    dets = [frame((box(320.0 - o, 180.0, 200.0), 0.9)) for o in offsets]
+    return dets, frames
+
+
+def test_camera_motion_compensation_keeps_identity_through_a_pan() -> None:
+    dets, frames = panning_scene()
+    with_gmc = track_detections(dets, FPS, TrackerSettings(), frames=iter(frames))
+    assert [(r.track_id, len(r.sample_index)) for r in with_gmc] == [(0, 20)]
+    # Without frames (or with GMC off) the tracker alone loses the person at the jerk.
+    for blind in (
+        track_detections(dets, FPS, TrackerSettings()),
+        track_detections(dets, FPS, TrackerSettings(gmc_method="none"), frames=frames),
+    ):
+        assert [(r.track_id, r.sample_index[0]) for r in blind] == [(0, 0), (1, 10)]
+
+
+def test_raw_tracks_hold_the_detection_boxes() -> None:
+    """Observed samples keep the detector's boxes and scores exactly, not the tracker's Kalman estimates."""
+    rng = np.random.default_rng(5)
+    boxes = np.array([box(300 + 6.0 * i, 360, 300) for i in range(30)]) + rng.normal(0, 3.0, (30, 4))
+    scores = rng.uniform(0.6, 1.0, 30)
+    dets = [(b[None], s[None]) for b, s in zip(boxes, scores, strict=True)]
+    (raw,) = track_detections(dets, FPS, TrackerSettings())
+    np.testing.assert_array_equal(raw.xyxy, boxes.astype(np.float32))
+    np.testing.assert_array_equal(raw.score, scores.astype(np.float32))
+
+
+def test_import_is_light() -> None:
+    """The CLI imports this module: torch, cv2 and ultralytics load only when tracking runs. The file is
+    loaded on its own (not through the ``stages`` package, whose other modules are not under test here)."""
+    path = Path(__file__).resolve().parents[1] / "stages" / "tracking.py"
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('tracking_alone', {str(path)!r})\n"
+        "mod = sys.modules['tracking_alone'] = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(mod)\n"
+        "print(sorted({'torch', 'cv2', 'ultralytics', 'scipy.ndimage'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_low_score_detections_continue_but_do_not_start() -> None:
@@ -472,4 +531,4 @@ def test_empty_inputs() -> None:
     assert tracks_from_ids([]) == []
     assert finalize([], FPS, IMAGE_WH, 0, s) == []
     with pytest.raises(ValueError):
-        ByteTracker(s, 0.0)
+        OnlineTracker(s, 0.0)

@@ -1,18 +1,19 @@
 """SMPL-X body skeleton (22 body joints) and forward kinematics, for post-processing and IK (spec §7).
 
-Only the shaped rest skeleton is needed, never the mesh:
+Only the shaped rest skeleton is needed, never the mesh. It is built from the one SMPL-X body model
+(``models.body_model.BodyModel``) with the ``smplx`` package's joint regression, in float32 exactly as the
+reference does (every array cast to float32 before the products):
 
-- ``J_template`` (J, 3) = ``J_regressor @ v_template``,
+- ``J_template`` (J, 3) = ``J_regressor @ v_template`` (``smplx.lbs.vertices2joints``),
 - ``J_shapedirs`` (J, 3, 10) = ``J_regressor`` applied to ``shapedirs[..., :10]``,
 - ``parents`` (J,) int64 with the root's parent = -1,
 
-all computed in float32 from an SMPL-X ``.npz`` (official ``SMPLX_NEUTRAL.npz`` layout) exactly as the
-reference does, then cut to the first 22 joints (pelvis + 21 body joints; hands, jaw and eyes are not used).
-Rest joints for shape ``betas`` are ``J_template + J_shapedirs . betas``.
+then cut to the first 22 joints (pelvis + 21 body joints; hands, jaw and eyes are not used). Rest joints for
+shape ``betas`` are ``J_template + J_shapedirs . betas``.
 
-Forward kinematics follows the SMPL convention: joint ``i``'s local transform is ``(R_i, J_i - J_parent(i))``
-(the root's offset is its absolute rest position plus ``transl``), global transforms chain parent-first, and
-the joint positions are the global translations. World frame: y up (spec §5.5).
+Forward kinematics follows the SMPL convention (``smplx.lbs.batch_rigid_transform``): joint ``i``'s local
+transform is ``(R_i, J_i - J_parent(i))``, global transforms chain parent-first, the joint positions are the
+global translations, and ``transl`` moves the whole body. World frame: y up (spec §5.5).
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from smplx.lbs import batch_rigid_transform, vertices2joints
+
+from models.body_model import BodyModel
 
 from .rotations import axis_angle_to_matrix
 
-__all__ = ["NUM_BODY_JOINTS", "Skeleton", "fk_from_local", "fk"]
+__all__ = ["NUM_BODY_JOINTS", "Skeleton", "fk"]
 
 #: pelvis + 21 body joints
 NUM_BODY_JOINTS = 22
@@ -48,20 +52,22 @@ class Skeleton:
     parents: torch.Tensor
 
     @classmethod
-    def from_npz(cls, path: str | Path, num_joints: int = NUM_BODY_JOINTS) -> Skeleton:
-        """Build from an SMPL-X ``.npz`` (keys ``v_template``, ``J_regressor``, ``shapedirs``,
-        ``kintree_table``); every array is cast to float32 before the products, like the reference."""
-        with np.load(Path(path), allow_pickle=False) as z:
-            v_template = torch.from_numpy(np.asarray(z["v_template"], dtype=np.float32))
-            J_regressor = torch.from_numpy(np.asarray(z["J_regressor"], dtype=np.float32))
-            shapedirs = torch.from_numpy(np.asarray(z["shapedirs"][:, :, :10], dtype=np.float32))
-            kintree = np.asarray(z["kintree_table"][0]).astype(np.int64)
-        parents = torch.from_numpy(kintree.copy())
-        parents[0] = -1
-        J_template = J_regressor @ v_template
-        J_shapedirs = torch.einsum("jv,vcd->jcd", J_regressor, shapedirs)
+    def from_body_model(cls, body: BodyModel, num_joints: int = NUM_BODY_JOINTS) -> Skeleton:
+        """The first ``num_joints`` joints of a body model's rest skeleton, regressed in float32."""
+        J_regressor = torch.from_numpy(body.J_regressor.astype(np.float32))
+        v_template = torch.from_numpy(body.v_template.astype(np.float32))
+        shapedirs = torch.from_numpy(body.shapedirs.astype(np.float32))  # (V, 3, 10)
+        J_template = vertices2joints(J_regressor, v_template[None])[0]
+        J_shapedirs = vertices2joints(J_regressor, shapedirs.permute(2, 0, 1)).permute(1, 2, 0)
+        parents = torch.from_numpy(body.parents.copy())
         n = num_joints
         return cls(J_template[:n].contiguous(), J_shapedirs[:n].contiguous(), parents[:n].contiguous())
+
+    @classmethod
+    def from_npz(cls, path: str | Path, num_joints: int = NUM_BODY_JOINTS) -> Skeleton:
+        """Build from an SMPL-X ``.npz`` (file or folder) read by ``BodyModel.load`` (BodyModelError if it is
+        not one)."""
+        return cls.from_body_model(BodyModel.load(path), num_joints)
 
     @classmethod
     def from_dir(cls, body_model_dir: str | Path) -> Skeleton:
@@ -95,31 +101,6 @@ class Skeleton:
         return torch.cat((root, off[..., 1:, :]), dim=-2)
 
 
-def fk_from_local(
-    R_local: torch.Tensor, offsets: torch.Tensor, parents: list[int] | torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward kinematics from local rotations and bone offsets.
-
-    Args:
-        R_local: (..., J, 3, 3) local rotations (joint i relative to its parent; root: to the world).
-        offsets: (..., J, 3) bone offsets in the parent's frame (root: its world position).
-        parents: J parent indices, -1 for the root(s); must satisfy parents[i] < i.
-    Returns:
-        R_global (..., J, 3, 3) and positions (..., J, 3) in the world frame.
-    """
-    parents = [int(p) for p in parents]
-    Rg: list[torch.Tensor] = []
-    tg: list[torch.Tensor] = []
-    for i, p in enumerate(parents):
-        if p < 0:
-            Rg.append(R_local[..., i, :, :])
-            tg.append(offsets[..., i, :])
-        else:
-            Rg.append(Rg[p] @ R_local[..., i, :, :])
-            tg.append((Rg[p] @ offsets[..., i, :, None])[..., 0] + tg[p])
-    return torch.stack(Rg, dim=-3), torch.stack(tg, dim=-2)
-
-
 def fk(
     skeleton: Skeleton,
     body_pose: torch.Tensor,
@@ -139,8 +120,17 @@ def fk(
         dict with ``joints`` (..., 22, 3), ``R_local`` (..., 22, 3, 3), ``offsets`` (..., 22, 3) (root
         includes transl) and ``R_global`` (..., 22, 3, 3).
     """
-    aa = torch.cat((global_orient, body_pose), dim=-1).reshape(*body_pose.shape[:-1], NUM_BODY_JOINTS, 3)
+    lead = body_pose.shape[:-1]
+    aa = torch.cat((global_orient, body_pose), dim=-1).reshape(*lead, NUM_BODY_JOINTS, 3)
     R_local = axis_angle_to_matrix(aa)
+    rest = skeleton.rest_joints(betas).expand(*lead, NUM_BODY_JOINTS, 3)
+    posed, rel = batch_rigid_transform(
+        R_local.reshape(-1, NUM_BODY_JOINTS, 3, 3),
+        rest.reshape(-1, NUM_BODY_JOINTS, 3),
+        skeleton.parents.to(R_local.device),
+        dtype=R_local.dtype,
+    )
+    joints = posed.reshape(*lead, NUM_BODY_JOINTS, 3) + transl[..., None, :]
+    R_global = rel[..., :3, :3].reshape(*lead, NUM_BODY_JOINTS, 3, 3)
     offsets = skeleton.local_offsets(betas, transl)
-    R_global, joints = fk_from_local(R_local, offsets, skeleton.parents)
     return {"joints": joints, "R_local": R_local, "offsets": offsets, "R_global": R_global}

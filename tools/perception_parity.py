@@ -1,8 +1,9 @@
-"""Parity tool: ``python -m models.perception_parity DIR`` compares our perception code with the golden
-tensors of a fixture directory in the format of ``shared/fixtures/perception_parity/`` (boxes, crops,
-ViTPose network, heatmaps, decode, keypoints, HMR2 taps and features) and prints, per file and group, the max
-abs error and PASS/FAIL against that README's tolerances (§6.3). Exit status 0 only if every key passes;
-``-v`` lists every key.
+"""Parity tool: ``python -m tools.perception_parity DIR`` compares our perception code with the golden
+tensors of a perception-parity fixture directory (boxes, crops, ViTPose network, heatmaps, decode,
+keypoints, HMR2 taps and features: ``boxes.pt``, ``decode.pt``, ``vitpose.pt``, ``hmr2.pt``, with
+``frames.pt``, one ``*.pth`` and one ``*.ckpt`` checkpoint and ``manifest.json``) and prints, per file and
+group, the max abs error and PASS/FAIL against the tolerances published with the fixture set (the ``TOL_*``
+constants). Exit status 0 only if every key passes; ``-v`` lists every key.
 
 Networks and decode are teacher-forced (fed the stored crops / heatmaps); ``e2e/*`` runs our own crops
 through everything. Boxes follow GEM's demo rule (:func:`gem_demo_boxes`).
@@ -18,16 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.crops import blur_decision, crop_matrices, cut_crops, square_boxes
+from models.heatmap import decode_details
+from models.hmr2 import load_hmr2
+from models.vitpose import heatmaps_flip_test, load_vitpose
 from stages.tracking import bbx_xys_from_xyxy, moving_average
-
-from .crops import crop_matrices, cut_crops, square_boxes
-from .heatmap import decode_details
-from .hmr2 import load_hmr2
-from .vitpose import heatmaps_flip_test, load_vitpose
 
 Row = tuple[str, float, float, bool]  # key, max abs error (mismatch count for integers/booleans), tol, passed
 
-# ---- tolerances of the fixture README §6.3 -----------------------------------------------------------------
+# ---- tolerances published with the fixture set ------------------------------------------------------------
 TOL_BOX_SMOOTHED = 1e-3  # px
 TOL_CROP = 1.0 / 255 / 0.222  # one uint8 level after normalisation (ours are bitwise: error 0 expected)
 TOL_NET = 1e-4  # network taps fed the stored crops
@@ -133,7 +133,7 @@ def check_vitpose(fx: dict, frames: dict, model, device: str) -> list[Row]:
     if torch.equal(vit, fx["crop/img"]):
         rows.append(compare("e2e/kp2d_xy", e2e[..., :2], fx["kp2d"][..., :2], TOL_XY))
         rows.append(compare("e2e/kp2d_conf", e2e[..., 2], fx["kp2d"][..., 2], TOL_CONF_E2E))
-    else:  # README §6.3: skip ill-conditioned joints, hold the rest to a quarter heatmap pixel
+    else:  # the fixture set's rule: skip ill-conditioned joints, hold the rest to a quarter heatmap pixel
         margin, s = fx["decode/margin"], boxes[:, 2:3]
         gaps_ok = (margin[..., 1:] < 0) | (margin[..., 1:] >= MARGIN_MIN)  # -1 = no step on that axis
         steady = (margin[..., 0] >= MARGIN_MIN) & gaps_ok.all(-1)
@@ -156,8 +156,6 @@ def _decode_rows(heatmaps: torch.Tensor, boxes: torch.Tensor, fx: dict) -> list[
 
 
 def check_hmr2(fx: dict, frames: dict, model, device: str) -> list[Row]:
-    from .crops import blur_decision
-
     boxes = fx["input/bbx_xys"]
     _, hmr, blurred = _crops(fx, frames, device)
     ds, decision = blur_decision(boxes)
@@ -239,7 +237,7 @@ def run(folder: Path, device: str = "cpu", verbose: bool = False) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    prog, doc = "python -m models.perception_parity", __doc__.splitlines()[0]
+    prog, doc = "python -m tools.perception_parity", __doc__.splitlines()[0]
     p = argparse.ArgumentParser(prog=prog, description=doc)
     p.add_argument("folder", type=Path, help="fixture directory (.pt files, checkpoints, manifest.json)")
     p.add_argument("--device", default="cpu", help="torch device to run on (default cpu)")

@@ -30,7 +30,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from stages.camera_opencv import rotation_angle_deg
-from tests.media import FFMPEG
+from stages.video import FFMPEG
 
 __all__ = [
     "Person",
