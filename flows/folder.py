@@ -8,7 +8,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.clip import process_clip
 from pipeline.discover import Clip
-from pipeline.runner import RunContext, now, write_report
+from pipeline.report import now, write_report
+from pipeline.runner import RunContext
 
 
 @task(name="clip", cache_policy=NO_CACHE, persist_result=False)

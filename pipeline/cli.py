@@ -20,9 +20,10 @@ from pipeline import __version__
 from pipeline.config import Config, ConfigError, dump_default_yaml, load_config
 from pipeline.discover import Clip, DiscoveryError, discover
 from pipeline.progress import Progress
-from pipeline.registry import REGISTRY, MissingWeightsError, fetch_all, require, search_dirs
+from pipeline.registry import REGISTRY, MissingWeightsError, body_model_path, fetch_all, require, search_dirs
 from pipeline.registry import status as weights_status
-from pipeline.runner import RunContext, body_model_path, needed_weights, run_batch, summary_text
+from pipeline.report import summary_text
+from pipeline.runner import RunContext, needed_weights, run_batch
 from stages import STAGES
 
 Orchestrator = Callable[[list[Clip], RunContext], dict]

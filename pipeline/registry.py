@@ -640,3 +640,21 @@ def status() -> list[dict]:
             }
         )
     return rows
+
+
+def body_model_path() -> Path | None:
+    """The SMPL-X neutral model, if present: $GENMOCAP_BODY_MODEL (file or folder) or the user cache."""
+    candidates = []
+    env = os.environ.get("GENMOCAP_BODY_MODEL")
+    if env:
+        p = Path(env).expanduser()
+        candidates += [p, p / "SMPLX_NEUTRAL.npz", p / "smplx" / "SMPLX_NEUTRAL.npz"]
+    candidates.append(cache_dir() / "body_models" / "smplx" / "SMPLX_NEUTRAL.npz")
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def weights_hash(path: Path) -> str:
+    """Content hash of a weight file; an ONNX graph's external-data sidecar is part of its weights."""
+    h = file_hash(path)
+    data = path.with_name(path.name + ".data")
+    return f"{h}+{file_hash(data)}" if path.suffix == ".onnx" and data.is_file() else h

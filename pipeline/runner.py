@@ -8,12 +8,10 @@ in ``flows/`` call; ``process_clip`` / ``run_batch`` chain them without Prefect 
 
 from __future__ import annotations
 
-import os
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +19,12 @@ from pipeline import __version__
 from pipeline.config import Config
 from pipeline.discover import Clip
 from pipeline.progress import Progress
-from pipeline.registry import cache_dir, file_hash, locate, require
+from pipeline.registry import body_model_path, file_hash, locate, require, weights_hash
+from pipeline.report import CLIP_SCHEMA, now, write_report
 from pipeline.store import Artifact, ArtifactStore, artifact_key
 from stages import SPECS, STAGES
 from stages.files import atomic_write_json
 from stages.spec import ClipRun, PixelJob, StageEnv, StageFailure, key_settings, run_pixel_jobs
-
-REPORT_SCHEMA = "genmocap.report/1"
-CLIP_SCHEMA = "genmocap.clip/1"
 
 
 @dataclass
@@ -93,24 +89,6 @@ def needed_weights(cfg: Config, detections: Any = None) -> dict[str, str]:
     for name in cfg.planned_stages():
         need.update(SPECS[name].weights(cfg, env))
     return need
-
-
-def body_model_path() -> Path | None:
-    """The SMPL-X neutral model, if present: $GENMOCAP_BODY_MODEL (file or folder) or the user cache."""
-    candidates = []
-    env = os.environ.get("GENMOCAP_BODY_MODEL")
-    if env:
-        p = Path(env).expanduser()
-        candidates += [p, p / "SMPLX_NEUTRAL.npz", p / "smplx" / "SMPLX_NEUTRAL.npz"]
-    candidates.append(cache_dir() / "body_models" / "smplx" / "SMPLX_NEUTRAL.npz")
-    return next((c for c in candidates if c.is_file()), None)
-
-
-def weights_hash(path: Path) -> str:
-    """Content hash of a weight file; an ONNX graph's external-data sidecar is part of its weights."""
-    h = file_hash(path)
-    data = path.with_name(path.name + ".data")
-    return f"{h}+{file_hash(data)}" if path.suffix == ".onnx" and data.is_file() else h
 
 
 @dataclass
@@ -309,42 +287,3 @@ def run_batch(clips: list[Clip], ctx: RunContext) -> dict:
     with ThreadPoolExecutor(max_workers=ctx.cfg.run.concurrency) as pool:
         entries = list(pool.map(lambda c: process_clip(c, ctx), clips))
     return write_report(ctx, entries, started)
-
-
-def now() -> str:
-    """UTC time of day, ISO 8601 to the second (report timestamps)."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def write_report(ctx: RunContext, entries: list[dict], started: str) -> dict:
-    """``OUT/report.json``: one entry per clip of this run, plus totals."""
-    ok = sum(e["status"] == "ok" for e in entries)
-    report = {
-        "schema": REPORT_SCHEMA,
-        "genmocap_version": __version__,
-        "started": started,
-        "finished": now(),
-        "config_digest": ctx.cfg.digest(),
-        "until": ctx.cfg.run.until,
-        "stages": list(ctx.cfg.planned_stages()),
-        "summary": {"clips": len(entries), "ok": ok, "failed": len(entries) - ok},
-        "clips": entries,
-    }
-    atomic_write_json(ctx.out / "report.json", report)
-    return report
-
-
-def summary_text(report: dict) -> str:
-    """A short human summary of a run report."""
-    s = report["summary"]
-    lines = [f"{s['clips']} clip(s): {s['ok']} ok, {s['failed']} failed"]
-    for e in report["clips"]:
-        counts: dict[str, int] = {}
-        for st in e["stages"].values():
-            counts[st["status"]] = counts.get(st["status"], 0) + 1
-        stage_txt = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-        if e["status"] == "ok":
-            lines.append(f"  ok      {e['id']}: {e['people']} person(s); stages {stage_txt}")
-        else:
-            lines.append(f"  FAILED  {e['id']}: {e['error']}")
-    return "\n".join(lines)

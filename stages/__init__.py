@@ -2,8 +2,9 @@
 
 Adding a stage is one new module plus one line in ``STAGE_MODULES`` (or, for a studio's own stage kept
 outside this package, its module name in ``$GENMOCAP_EXTRA_STAGES``, comma-separated, appended after these).
-The order is the order in which a clip goes through the stages; a stage may only need stages before it. Importing this package is
-cheap (no torch, cv2 or bpy): the stage modules import their heavy parts inside the functions that use them.
+The order is the order in which a clip goes through the stages; a stage may only need stages before it.
+Importing this package is cheap (no torch, cv2 or bpy): the stage modules import their heavy parts inside the
+functions that use them.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.geometry import project_so3, quat_to_matrix, quat_xyzw_to_wxyz, rotation_angle_deg, slerp_resample
 from stages.camera_opencv import OpenCVSettings, RotationSolver, SolveResult
+from stages.files import remove_files, write_npz_json
 from stages.results import Tracks
 from stages.spec import ClipRun, PixelJob, StageEnv, StageSpec, not_in_key
 from stages.video import FFPROBE, FrameChunk, MediaError, VideoInfo, iter_chunks, list_image_frames
@@ -971,20 +972,6 @@ def _pixel_pass(run: ClipRun, names: tuple[str, ...]) -> PixelJob | None:
     )
 
 
-def _publish(run: ClipRun, cam: Camera, clip_dir: Path) -> None:
-    """``camera.npz`` / ``camera.json``: the result at the model rate (``Camera.to_arrays``)."""
-    from stages.files import atomic_write_bytes, atomic_write_json, npz_bytes
-
-    meta, arrays = cam.to_arrays()
-    atomic_write_bytes(clip_dir / "camera.npz", npz_bytes(arrays))
-    atomic_write_json(clip_dir / "camera.json", meta)
-
-
-def _unpublish(run: ClipRun, clip_dir: Path) -> None:
-    for name in ("camera.npz", "camera.json"):
-        (clip_dir / name).unlink(missing_ok=True)
-
-
 def _warnings(run: ClipRun, cam: Camera) -> list[str]:
     out = [] if cam.solved else [f"camera unknown: {cam.reason} (GEM was told the camera is unknown)"]
     return out + [f"camera: {w}" for w in cam.warnings]
@@ -1002,8 +989,9 @@ SPEC = StageSpec(
     pixel_pass=_pixel_pass,
     save=lambda cam: cam.to_arrays(),
     load=Camera.from_arrays,
-    publish=_publish,
-    unpublish=_unpublish,
+    # ``camera.npz`` / ``camera.json``: the result at the model rate (``Camera.to_arrays``)
+    publish=lambda run, result, clip_dir: write_npz_json(clip_dir, "camera", *result.to_arrays()),
+    unpublish=lambda run, clip_dir: remove_files(clip_dir, "camera.npz", "camera.json"),
     report=lambda cam: {"camera": cam.summary() if cam is not None else None},
     warnings=_warnings,
 )

@@ -28,7 +28,7 @@ the identity relative rotation: the picture did not change.
 Rotations follow ``stages.camera``: ``R_w2c`` maps world (= camera of sample 0) to camera coordinates, OpenCV
 axes (x right, y down, z forward); ``rel[t] = R_w2c[t+1] R_w2c[t]^T``.
 
-OpenCV is imported by the solver when it is built, so the settings can be imported (by ``stages.camera``, the
+OpenCV is imported where the solver uses it, so the settings can be imported (by ``stages.camera``, the
 config) without it.
 """
 

@@ -48,9 +48,6 @@ from models.geometry import (
     quat_to_axis_angle,
     quat_to_matrix,
 )
-from stages.export_bvh import read_bvh, write_bvh
-from stages.export_fbx import read_fbx_assimp, read_fbx_blender, write_fbx
-from stages.export_usd import read_usd, write_usd
 from stages.files import atomic_write
 from stages.rig import TO_Z_UP, CameraRig, Rig, axis_matrix, unit_scale
 from stages.spec import ClipRun, StageSpec, not_in_key
@@ -575,11 +572,19 @@ def export_files(
 
 
 def _write(fmt: str, path: Path, rig: Rig, cam: CameraRig | None, settings: ExportSettings) -> None:
+    # The writers (they import stages.rig, never this module) are imported when used: ``python -m
+    # stages.export_fbx`` imports the stages package, hence this module, before it runs the FBX writer.
     if fmt == "fbx":
+        from stages.export_fbx import write_fbx
+
         write_fbx(path, rig, cam, timeout_s=settings.timeout_s)
     elif fmt == "bvh":
+        from stages.export_bvh import write_bvh
+
         atomic_write(path, lambda tmp: write_bvh(tmp, rig))
     elif fmt == "usd":
+        from stages.export_usd import write_usd
+
         atomic_write(path, lambda tmp: write_usd(tmp, rig, cam))
     else:  # pragma: no cover - settings validation keeps this out
         raise ValueError(f"unknown format {fmt}")
@@ -599,6 +604,8 @@ def verify_file(fmt: str, path: Path, rig: Rig) -> dict[str, float]:
     mm = 1000.0 / unit_scale(rig.units)
     out: dict[str, float] = {}
     if fmt == "fbx":
+        from stages.export_fbx import read_fbx_assimp, read_fbx_blender
+
         got = read_fbx_blender(path)
         _check_timing("fbx-blender", got, rig)
         err = _max_err(got, rig, _to_blender_world(want, rig))
@@ -611,10 +618,14 @@ def verify_file(fmt: str, path: Path, rig: Rig) -> dict[str, float]:
             _check_timing("fbx-assimp", got, rig)
             out["fbx-assimp"] = _max_err(got, rig, want) * mm
     elif fmt == "bvh":
+        from stages.export_bvh import read_bvh
+
         got = read_bvh(path)
         _check_timing("bvh", got, rig)
         out["bvh"] = _max_err(got, rig, want) * mm
     elif fmt == "usd":
+        from stages.export_usd import read_usd
+
         got = read_usd(path)
         _check_timing("usd", got, rig)
         out["usd"] = _max_err(got, rig, want) * mm

@@ -78,3 +78,17 @@ def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
+
+
+def write_npz_json(
+    folder: Path, stem: str, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
+) -> None:
+    """A published result: ``<stem>.npz`` (arrays) beside ``<stem>.json`` (its summary), each atomic."""
+    atomic_write_bytes(folder / f"{stem}.npz", npz_bytes(arrays))
+    atomic_write_json(folder / f"{stem}.json", meta)
+
+
+def remove_files(folder: Path, *names: str) -> None:
+    """Remove published files that this run did not produce (no stale file under a final name)."""
+    for name in names:
+        (folder / name).unlink(missing_ok=True)

@@ -2,8 +2,8 @@
 
 GEM gives each person a gravity-aligned trajectory of its own: y up, on the ground (y = 0, after the contact
 post-process), but with a yaw and a horizontal origin of its own. Two people walking side by side would land
-on top of each other in a DCC tool. The clip frame fixes that (ARCHITECTURE.md, "all people of one clip
-share one world frame"):
+on top of each other in a DCC tool. The clip frame fixes that (all people of one clip share one world
+frame):
 
 - **Clip frame**: right-handed, y up (gravity, as GEM estimates it), metres; the camera at the first sample
   looks down -z (x to its right, the OpenGL/DCC convention); the origin is on the ground right below that
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.geometry import axis_angle_to_matrix, matrix_to_axis_angle
 from stages.results import PersonArrays
 from stages.spec import ClipRun, StageSpec
 
@@ -44,22 +45,6 @@ class PostprocessSettings(BaseModel):
         True, description="GEM's static-joint correction and foot IK (needs a body model)"
     )
     shared_world: bool = Field(True, description="place every person of a clip in one clip frame")
-
-
-def _rot(aa: np.ndarray) -> np.ndarray:
-    import torch
-
-    from models.gem.rotations import axis_angle_to_matrix
-
-    return axis_angle_to_matrix(torch.as_tensor(aa, dtype=torch.float64)).numpy()
-
-
-def _aa(R: np.ndarray) -> np.ndarray:
-    import torch
-
-    from models.gem.rotations import matrix_to_axis_angle
-
-    return matrix_to_axis_angle(torch.as_tensor(R, dtype=torch.float64)).numpy()
 
 
 def refine_person(
@@ -112,8 +97,8 @@ def clip_frame(
     for p in people:
         t0 = int(np.flatnonzero(p["present"])[0])
         s = int(p["sample_index"][t0])
-        Rc = _rot(p["incam_global_orient"][t0])
-        Rw = _rot(p["global_orient"][t0])
+        Rc = axis_angle_to_matrix(p["incam_global_orient"][t0])
+        Rw = axis_angle_to_matrix(p["global_orient"][t0])
         Rcam = np.eye(3) if R_w2c is None else R_w2c[s].astype(np.float64)
         A = Rcam.T @ Rc @ Rw.T
         A_list.append(A)
@@ -161,7 +146,9 @@ def place_in_clip_frame(
         moved = (pelvis_w - pelvis_w[t0]) @ Y.T + start
         out = dict(p)
         out["transl"] = (moved - J0).astype(np.float32)
-        out["global_orient"] = _aa(Y[None] @ _rot(p["global_orient"])).astype(np.float32)
+        out["global_orient"] = matrix_to_axis_angle(
+            Y[None] @ axis_angle_to_matrix(p["global_orient"])
+        ).astype(np.float32)
         placed.append(out)
     info = {
         "camera_height_m": float(np.median(heights)),

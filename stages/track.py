@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from stages.detect import DetectorSettings, PersonDetector
+from stages.files import remove_files, write_npz_json
 from stages.results import Tracks
 from stages.spec import ClipRun, StageEnv, StageFailure, StageSpec
 from stages.tracking import TrackerSettings, finalize, track_detections, tracks_from_ids
@@ -311,20 +312,6 @@ def _compute(run: ClipRun) -> Tracks:
     )
 
 
-def _publish(run: ClipRun, tracks: Tracks, clip_dir: Path) -> None:
-    """``tracks.npz`` (arrays per person, see ``Tracks.to_arrays``) and its summary in ``tracks.json``."""
-    from stages.files import atomic_write_bytes, atomic_write_json, npz_bytes
-
-    meta, arrays = tracks.to_arrays()
-    atomic_write_bytes(clip_dir / "tracks.npz", npz_bytes(arrays))
-    atomic_write_json(clip_dir / "tracks.json", meta)
-
-
-def _unpublish(run: ClipRun, clip_dir: Path) -> None:
-    for name in ("tracks.npz", "tracks.json"):
-        (clip_dir / name).unlink(missing_ok=True)
-
-
 def no_person(run: ClipRun) -> str | None:
     """Why stages that work on people skip this clip: it has no person track (None: it has people)."""
     tracks: Tracks | None = run.results.get("track")
@@ -342,8 +329,9 @@ SPEC = StageSpec(
     compute=_compute,
     save=lambda tracks: tracks.to_arrays(),
     load=Tracks.from_arrays,
-    publish=_publish,
-    unpublish=_unpublish,
+    # ``tracks.npz`` (arrays per person, see ``Tracks.to_arrays``) and its summary in ``tracks.json``.
+    publish=lambda run, result, clip_dir: write_npz_json(clip_dir, "tracks", *result.to_arrays()),
+    unpublish=lambda run, clip_dir: remove_files(clip_dir, "tracks.npz", "tracks.json"),
     report=lambda tracks: {"people": [tracks.summary(p) for p in tracks.people] if tracks else []},
     warnings=lambda run, tracks: [tracks.no_person] if tracks.no_person else [],
 )

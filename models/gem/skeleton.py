@@ -11,9 +11,9 @@ reference does (every array cast to float32 before the products):
 then cut to the first 22 joints (pelvis + 21 body joints; hands, jaw and eyes are not used). Rest joints for
 shape ``betas`` are ``J_template + J_shapedirs . betas``.
 
-Forward kinematics follows the SMPL convention (``smplx.lbs.batch_rigid_transform``): joint ``i``'s local
-transform is ``(R_i, J_i - J_parent(i))``, global transforms chain parent-first, the joint positions are the
-global translations, and ``transl`` moves the whole body. World frame: y up (spec §5.5).
+Forward kinematics follows the SMPL convention: joint ``i``'s local transform is ``(R_i, J_i - J_parent(i))``
+(the root's offset is its absolute rest position plus ``transl``), global transforms chain parent-first in
+the reference's order of products, and the joint positions are the global translations. World frame: y up.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from smplx.lbs import batch_rigid_transform, vertices2joints
+from smplx.lbs import vertices2joints
 
 from models.body_model import BodyModel
 
@@ -120,17 +120,19 @@ def fk(
         dict with ``joints`` (..., 22, 3), ``R_local`` (..., 22, 3, 3), ``offsets`` (..., 22, 3) (root
         includes transl) and ``R_global`` (..., 22, 3, 3).
     """
-    lead = body_pose.shape[:-1]
-    aa = torch.cat((global_orient, body_pose), dim=-1).reshape(*lead, NUM_BODY_JOINTS, 3)
+    aa = torch.cat((global_orient, body_pose), dim=-1).reshape(*body_pose.shape[:-1], NUM_BODY_JOINTS, 3)
     R_local = axis_angle_to_matrix(aa)
-    rest = skeleton.rest_joints(betas).expand(*lead, NUM_BODY_JOINTS, 3)
-    posed, rel = batch_rigid_transform(
-        R_local.reshape(-1, NUM_BODY_JOINTS, 3, 3),
-        rest.reshape(-1, NUM_BODY_JOINTS, 3),
-        skeleton.parents.to(R_local.device),
-        dtype=R_local.dtype,
-    )
-    joints = posed.reshape(*lead, NUM_BODY_JOINTS, 3) + transl[..., None, :]
-    R_global = rel[..., :3, :3].reshape(*lead, NUM_BODY_JOINTS, 3, 3)
     offsets = skeleton.local_offsets(betas, transl)
+    # The parent-first chain in the reference's own order of float32 products (not smplx's 4x4 transforms,
+    # which round differently): IK iterates on these joints, so the last digits reach the exported poses.
+    Rg: list[torch.Tensor] = []
+    tg: list[torch.Tensor] = []
+    for i, p in enumerate(int(p) for p in skeleton.parents):
+        if p < 0:
+            Rg.append(R_local[..., i, :, :])
+            tg.append(offsets[..., i, :])
+        else:
+            Rg.append(Rg[p] @ R_local[..., i, :, :])
+            tg.append((Rg[p] @ offsets[..., i, :, None])[..., 0] + tg[p])
+    R_global, joints = torch.stack(Rg, dim=-3), torch.stack(tg, dim=-2)
     return {"joints": joints, "R_local": R_local, "offsets": offsets, "R_global": R_global}
