@@ -20,7 +20,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The official gem_smpl network (gem-inference-spec.md §3.1, §6.4): D 1024, 16 blocks + 16 text blocks,
+# The official gem_smpl network (reference diffusion_lg.yaml): D 1024, 16 blocks + 16 text blocks,
 # 8 heads of 128, MLP 4096; the condition embedders at their full widths.
 FULL = dict(
     latent_dim=1024, num_layers=16, text_layers=tuple(range(16)), num_heads=8, mlp_hidden=4096,

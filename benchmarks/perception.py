@@ -58,7 +58,7 @@ from models.hmr2 import HMR2, DecoderDims  # noqa: E402
 from models.vit import VIT_H  # noqa: E402
 from models.vitpose import HeadDims, ViTPose, heatmaps_flip_test  # noqa: E402
 
-# ---- the official architectures (perception-stages.md §0, §2, §3.1) --------------------------------------
+# ---- the official architectures (ViTPose-H, HMR2 as released) --------------------------------------------
 VITPOSE_HEAD = HeadDims(in_channels=VIT_H.embed_dim, deconv_filters=(256, 256), num_joints=17)
 HMR2_DECODER = DecoderDims(
     dim=1024, depth=6, heads=8, dim_head=64, mlp_dim=1024, context_dim=VIT_H.embed_dim, token_dim=1

@@ -8,7 +8,7 @@ user sets in the environment wins. Imported before ``prefect`` so the settings t
 import os
 
 _DEFAULTS = {
-    # a telemetry heartbeat races the local SQLite database and prints tracebacks (ecosystem.md §1)
+    # a telemetry heartbeat races the local SQLite database and prints tracebacks
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     # the default 20 s is too short when the CPU is busy decoding/detecting
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",

@@ -1,4 +1,4 @@
-"""Person crops for ViTPose and HMR2, bit-exact with GEM's demo (fixture README §4.2), in torch (CPU or GPU).
+"""Person crops for ViTPose and HMR2, bit-exact with GEM's demo, in torch (CPU or GPU).
 
 A box ``bbx_xys = (cx, cy, s)`` is a square of side ``s``. The reference maps its top-left corner, top-right
 corner and centre (as float32) to crop pixels (0, 0), (255, 0), (127.5, 127.5) with

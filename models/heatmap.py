@@ -1,4 +1,4 @@
-"""ViTPose heatmaps → COCO-17 keypoints in full-image pixels, decoded like GEM's demo (fixture README §4.3).
+"""ViTPose heatmaps → COCO-17 keypoints in full-image pixels, decoded like GEM's demo.
 
 * Flip test: the flipped crop's heatmaps are flipped back along the width axis and the left/right channels
   swapped (:data:`COCO17_FLIP_PAIRS`); **no** one-pixel shift; the two maps are averaged.

@@ -3,7 +3,7 @@
 Input (B, 3, 256, 256) normalised crops; the forward keeps columns 32..223 itself (as the reference model and
 GEM's ONNX export do) → ViT (B, C, 16, 12) → 192 context tokens → decoder → (B, 1024) float32.
 
-Decoder (``smpl_head.transformer``, fixture README §4.4): one query token = ``to_token_embedding`` (Linear
+Decoder (the reference's ``smpl_head.transformer``): one query token = ``to_token_embedding`` (Linear
 1 → 1024) of a zero input plus ``pos_embedding``; per layer pre-LayerNorm (eps 1e-5) self-attention,
 cross-attention to the context, MLP (Linear, GELU, Linear), each added back; no final norm. Attention
 projections have no bias; heads split ``(heads, dim_head)`` along the last axis; ``to_qkv`` → q, k, v and

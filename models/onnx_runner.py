@@ -1,7 +1,7 @@
 """ONNX backend for ViTPose and HMR2: GEM's published exports (``vitpose_coco17.onnx``, ``hmr2.onnx``) or our
 own (:func:`export_onnx`) run with onnxruntime behind the torch models' call signature.
 
-Signature of both the published files and our exports (perception-stages.md §4.5): one input ``imgs``
+Signature of both the published files and our exports (as GEM's ``tools/export``): one input ``imgs``
 float32 (B, 3, 256, 192) for ViTPose / (B, 3, 256, 256) for HMR2, one output ``heatmaps`` (B, 17, 64, 48) /
 ``f_imgseq`` (B, 1024), dynamic batch axis named ``B``, opset 18. Flip test and decoding stay outside.
 """

@@ -1,4 +1,4 @@
-"""The plain ViT backbone shared by ViTPose-H and HMR2 (perception-stages.md §2.2, fixture README §4.3.1).
+"""The plain ViT backbone shared by ViTPose-H and HMR2, as in the GEM reference.
 
 Input (B, 3, 256, 192) normalised crops → output (B, C, 16, 12) feature map after the final LayerNorm.
 Parameter names are those of the reference checkpoints under ``backbone.``: ``patch_embed.proj``,

@@ -1,8 +1,8 @@
 """Stage ``camera``: the camera's rotation on the clip's sample timeline, its intrinsics, whether it moved.
 
 GEM reads only the camera's *relative rotation* between consecutive samples (``cam_angvel``: the 6D of
-``R_w2c[t+1] R_w2c[t]^T``, at the model rate) and the intrinsics ``K`` (``K_fullimg``); see
-``shared/design/camera-motion.md``. This stage produces both, honestly:
+``R_w2c[t+1] R_w2c[t]^T``, at the model rate) and the intrinsics ``K`` (``K_fullimg``), as in the GEM
+reference's demo (NVlabs/GENMO). This stage produces both, honestly:
 
 * **Backends** (``camera.backend``): ``static`` (identity), ``opencv`` (CPU visual odometry, rotation-only
   with keyframe parallax correction: ``stages.camera_opencv``), ``droid`` (DROID-SLAM on the GPU in a worker

@@ -1,6 +1,6 @@
 """GEM decoding stages against the golden reference fixtures (groups dec, incam, world, pp, ik, pred).
 
-Tolerances are the fixture README's (§5): decode and camera 1e-4 * max(1, max|ref|); the world rollout
+Tolerances: decode and camera 1e-4 * max(1, max|ref|); the world rollout
 teacher-forced 2e-2 absolute (yaw_aa_raw 1e-3 rad) because the reference amplifies rounding there; the
 static-joint step and IK teacher-forced 1e-4 absolute; masks exact; end-to-end world-dependent keys 2e-2.
 """

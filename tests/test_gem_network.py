@@ -1,6 +1,6 @@
 """GEM network (inputs → denoiser outputs) against the golden reference fixtures, plus loading and attention.
 
-Parity groups prep, mask, cond, attn, den1, denL, ddim, out with the fixture README's tolerances (masks and
+Parity groups prep, mask, cond, attn, den1, denL, ddim, out with the parity tolerances (masks and
 integers exact; pre-transformer ≤ 1e-5 absolute; transformer, sampler and outputs ≤ 1e-4 · max(1, max|ref|)).
 """
 
@@ -79,7 +79,7 @@ def test_window_mask_matches_reference_and_rule():
     for L, W in [(121, 120), (300, 120), (37, 10), (40, 9)]:
         h = W // 2
         loop = torch.ones(L, L, dtype=torch.bool)
-        for i in range(L):  # the rule of spec §3.7, one query at a time
+        for i in range(L):  # the reference's window rule, one query at a time
             lo, hi = max(0, i - h), min(L, i + h)
             loop[i, min(L - W, lo) : max(W, hi)] = False
         assert torch.equal(window_mask(L, W), loop), (L, W)
@@ -136,7 +136,7 @@ def test_full_size_inventory_maps_exactly(reduced_sd):
         model = GemNetwork(dims)
     names = {n for n in (_translate(k) for k in remap_keys(full)) if n}
     assert names >= set(model.state_dict())
-    # spec §6.4: learned weights needed for estimation (the PE table is a buffer here)
+    # the official model's learned weights needed for estimation (the PE table is a buffer here)
     assert sum(p.numel() for p in model.parameters()) == 427_688_736
 
 
@@ -176,7 +176,7 @@ def test_loading_errors(tmp_path, reduced_sd):
 
 @needs_fixtures
 def test_legacy_layouts_load_identically(tmp_path, net, reduced_sd):
-    # "model." prefix on every key, embedders only under the denoiser namespace (spec §6.1), old file format
+    # "model." prefix on every key, embedders only under the denoiser namespace, old file format
     legacy = {}
     for k, v in reduced_sd.items():
         moved = not k.startswith(("pipeline.", "music_", "audio_"))

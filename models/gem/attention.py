@@ -1,6 +1,6 @@
 """Rotary self-attention over frames with the reference's 120-frame window, in memory linear in length.
 
-Window rule (spec §3.7). For a sequence of ``n`` frames and window ``W`` (``max_len`` = 120, ``h = W // 2``),
+Window rule. For a sequence of ``n`` frames and window ``W`` (``max_len`` = 120, ``h = W // 2``),
 query frame ``i`` may attend to the keys ``[lo(i), hi(i))`` with
 
     lo(i) = min(n - W, max(0, i - h)),   hi(i) = max(W, min(n, i + h))      when n > W,
@@ -20,7 +20,7 @@ run of that person alone gives (the reference only ever runs B = 1; with padding
 follow the padded length instead). Padded queries attend to the window of the padded length without a padding
 mask, so they stay finite; valid frames never read them (padded keys are outside every valid window).
 
-RoPE (spec §3.6): absolute frame positions p = 0..L-1, angle p·ω_i with ω_i = 1/10000^(2i/d) per head channel
+RoPE: absolute frame positions p = 0..L-1, angle p·ω_i with ω_i = 1/10000^(2i/d) per head channel
 pair (2i, 2i+1) (interleaved), computed in float32 exactly as the reference does (outer product of float32
 positions and frequencies, then cos/sin on the compute device).
 """

@@ -1,4 +1,4 @@
-"""Camera helpers: default intrinsics and the weak-perspective -> full-image translation (spec §1.5, §5.4).
+"""Camera helpers: default intrinsics and the weak-perspective -> full-image translation of the GEM reference.
 
 Camera convention: OpenCV (x right, y down, z forward), pixels with the origin at the top-left image corner.
 A person box is ``bbx_xys = (cx, cy, s)``: centre and side of the square crop, in full-image pixels.

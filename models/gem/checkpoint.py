@@ -1,7 +1,7 @@
 """Strict loading of a GEM checkpoint (official ``gem_smpl.ckpt`` or the reduced parity one) as
 ``GemNetwork``.
 
-Procedure (spec §6):
+Procedure:
 
 1. Read the file (``read_checkpoint``): a Lightning checkpoint ``{"state_dict": ...}`` or a bare state dict.
 2. ``remap_keys``: strip a leading ``model.`` when every key has it; if an embedder exists only under the
@@ -167,7 +167,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def remap_keys(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Legacy key remaps (spec §6.1): strip ``model.``; embedders only under the denoiser → top level."""
+    """Legacy key remaps of the reference: strip ``model.``; embedders only under the denoiser → top level."""
     keys = list(sd)
     strip = bool(keys) and all(k.startswith("model.") for k in keys)
     out = {(k[6:] if strip else k): v for k, v in sd.items()}
@@ -207,7 +207,7 @@ def _state_dict_of(obj: object, name: str) -> dict[str, torch.Tensor]:
 
 
 def _check_pos_table(table: torch.Tensor, name: str) -> None:
-    """The stored PE table should be the closed-form sinusoid (spec §3.3, §11.2); warn if it is not."""
+    """The stored PE table should be the closed-form sinusoid; warn if it is not."""
     n, d = table.shape
     position = torch.arange(n, dtype=torch.float32)[:, None]
     freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))

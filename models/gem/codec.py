@@ -1,4 +1,4 @@
-"""The 151-D GEM motion vector: layout, normalisation statistics, de-normalisation and decode (spec §5.1-5.3).
+"""The 151-D GEM motion vector: layout, normalisation statistics, de-normalisation and decode.
 
 Layout of one frame (``encode_type = gvhmr``), all rotations as 6D (first two rows of the matrix):
 
@@ -207,8 +207,9 @@ def decode_all(
 ) -> dict[str, torch.Tensor]:
     """From the denoiser outputs to the final SMPL-X parameters, like the reference ``predict``.
 
-    Decode (§5.3) -> in-camera translation (§5.4) -> world rollout (§5.5) -> static-joint correction (§5.6)
-    -> contact IK (§5.7). Everything runs in float32. Several people (B > 1) are decoded at once; each row is
+    Decode -> in-camera translation -> world rollout -> static-joint correction -> contact IK (the reference's
+    ``decode_gvhmr``, ``compute_transl_full_cam``, ``get_body_params_w_Rt_v2``, ``pp_static_joint``,
+    ``process_ik``). Everything runs in float32. Several people (B > 1) are decoded at once; each row is
     a full-length track (no padding: the ground height and the rollout use every frame).
 
     Args:

@@ -1,4 +1,4 @@
-"""Model inputs → per-frame condition vector ``f_cond`` (spec §1.6-§2).
+"""Model inputs → per-frame condition vector ``f_cond``.
 
 ``prepare_inputs`` turns the per-frame inputs of one or several people into the derived tensors and effective
 masks (fixture groups ``prep/*`` and ``mask/*``); ``ConditionEncoder`` embeds them and sums the six condition
@@ -163,7 +163,7 @@ def _tensor(src: Mapping, key: str, device, default=None) -> torch.Tensor:
 
 
 class ConditionEncoder(nn.Module):
-    """The six condition embeddings of spec §2.3 and their sum f_cond (§2.4)."""
+    """The six condition embeddings and their sum f_cond."""
 
     def __init__(self, dims: GemDims):
         super().__init__()
@@ -200,6 +200,6 @@ class ConditionEncoder(nn.Module):
         f_cond = sum(terms[k] for k in CONDITIONS)
         if record is not None:
             record.update({f"cond/E_{k}": v for k, v in terms.items()})
-            # f_uncond is the same tensor: every condition is reused, music/audio flags are 0 in both (§2.5)
+            # f_uncond is the same tensor: every condition is reused, music/audio flags are 0 in both
             record["cond/f_cond"] = record["cond/f_uncond"] = f_cond
         return f_cond

@@ -1,4 +1,4 @@
-"""The RoPE transformer denoiser of GEM (spec §3): x_t, t, f_cond → x̂₀, pred_cam, static-contact logits.
+"""The RoPE transformer denoiser of GEM: x_t, t, f_cond → x̂₀, pred_cam, static-contact logits.
 
 Forward (B, L frames, D = latent width):
 
@@ -184,7 +184,7 @@ class Denoiser(nn.Module):
         return {"pred_x": x0, "pred_cam": pred_cam, "static_conf_logits": contact}
 
     def _average_betas(self, x0: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
-        """avgbeta: every frame's betas become their mean over the valid frames (spec §3.8)."""
+        """avgbeta: every frame's betas become their mean over the valid frames."""
         s, e = self.dims.betas_slice
         valid = torch.arange(x0.shape[1], device=x0.device)[None] < length[:, None]
         betas = (x0[..., s:e] * valid[..., None]).sum(1) / length[:, None]

@@ -7,11 +7,11 @@ configuration:
 
 * ``num_heads``: a reshape, invisible in the weights. The reference config
   (``configs/network/diffusion_lg.yaml``) sets 8 heads whatever the latent width, i.e. 8 heads of 128 channels
-  for the official model (spec §3.1). That is the default here; pass ``num_heads=`` for any other checkpoint
+  for the official model. That is the default here; pass ``num_heads=`` for any other checkpoint
   (the reduced parity checkpoint was built with 4, recorded in its fixture ``manifest.json``).
-* ``max_len`` = 120: the attention window length (constructor default, no config overrides it; spec §3.7).
-* ``text_tokens`` = 50: the zero text context length (``text_encoder.max_text_len``; spec §3.4).
-* ``num_timesteps`` = 1000: the original diffusion length that the timestep index refers to (spec §4.2).
+* ``max_len`` = 120: the attention window length (constructor default, no config overrides it).
+* ``text_tokens`` = 50: the zero text context length (``text_encoder.max_text_len``).
+* ``num_timesteps`` = 1000: the original diffusion length that the timestep index refers to.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class GemDims:
     max_len: int = 120
     text_tokens: int = 50
     num_timesteps: int = 1000
-    betas_slice: tuple[int, int] = (126, 136)  # layout of the 151-D vector (spec §5.1), averaged by avgbeta
+    betas_slice: tuple[int, int] = (126, 136)  # betas in the 151-D motion vector, averaged by avgbeta
 
     @property
     def head_dim(self) -> int:

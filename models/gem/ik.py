@@ -1,4 +1,4 @@
-"""Contact IK: pin feet and hands to blended contact targets with CCD (spec §5.7; fixture group ``ik/``).
+"""Contact IK: pin feet and hands to blended contact targets with CCD (as in the GEM reference, NVlabs/GENMO).
 
 For each contact joint the target position is a recursive blend of its previous target and its current FK
 position, weighted by the contact probability of the previous frame. Four short chains (legs from the pelvis,

@@ -1,10 +1,10 @@
-"""Parity tool: ``python -m models.gem.parity DIR`` runs every scenario of a golden fixture directory (the
-format of ``shared/fixtures/gem_parity/``) through our GEM and compares each recorded tensor.
+"""Parity tool: ``python -m models.gem.parity DIR`` runs every scenario of a golden fixture directory
+(``*.pt`` scenarios recorded from the GEM reference) through our GEM and compares each recorded tensor.
 
 Prints, per scenario and comparison group, the max abs error, the tightest error/tolerance ratio and
-PASS/FAIL against the fixture README's tolerances; exit status 0 only if every key passes. ``-v`` lists every
+PASS/FAIL against the parity tolerances; exit status 0 only if every key passes. ``-v`` lists every
 key. The network groups (prep … out) come from ``parity_net``; the decode groups (dec … pred) from
-``parity_decode``, teacher-forced where the README says the reference is ill-conditioned.
+``parity_decode``, teacher-forced where the reference is ill-conditioned.
 """
 
 from __future__ import annotations

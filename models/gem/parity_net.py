@@ -1,7 +1,7 @@
-"""Parity of the network part (inputs → denoiser outputs) against one golden scenario of the fixture format
-described in ``shared/fixtures/gem_parity/README.md``: groups prep, mask, cond, attn, den1, denL, ddim, out.
+"""Parity of the network part (inputs → denoiser outputs) against one golden scenario recorded from the
+GEM reference: groups prep, mask, cond, attn, den1, denL, ddim, out.
 
-Tolerances are the README's: booleans and integers exact; values before the transformer (``prep/*``,
+Tolerances: booleans and integers exact; values before the transformer (``prep/*``,
 ``cond/*``, ``den*/temb``, ``den*/ctx``, ``den*/h_in``) ≤ 1e-5 absolute; transformer taps, sampler and outputs
 (``den*/*``, ``ddim/*``, ``out/*``) ≤ 1e-4 · max(1, max|ref|).
 """

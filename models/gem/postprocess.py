@@ -1,4 +1,4 @@
-"""Static-joint post-processing of the world trajectory (spec §5.6; fixture group ``pp/``).
+"""Static-joint post-processing of the world trajectory (as in the GEM reference, NVlabs/GENMO).
 
 Where the network says a foot or hand is in contact (positive contact logit), the root trajectory is
 corrected so that the contact joint does not slide, the horizontal components are smoothed, and the whole

@@ -1,4 +1,4 @@
-"""Gravity-view world rollout: per-frame root orientation and velocity -> world trajectory (spec §5.5).
+"""Gravity-view world rollout: per-frame root orientation and velocity -> world trajectory.
 
 The network predicts, per frame t, the root orientation in the gravity-view frame GV_t of that frame (y up,
 z = the camera's forward axis projected on the ground) and the root velocity in the root's own frame. GV_t
@@ -7,7 +7,7 @@ yaw increment from the camera's relative rotation, smooths it, accumulates it in
 and integrates the root velocity. The world frame is GV_0: y up, z the initial camera heading on the ground.
 
 Rounding: the yaw increment is ``acos`` of a dot product near 1, so rounding in any input moves it by up to
-~5e-4 rad per frame and the error accumulates along the sequence (fixture README §5); compare this stage with
+~5e-4 rad per frame and the error accumulates along the sequence; compare this stage with
 loose tolerances. Here the cross product is computed without fused multiply-add, so a static camera (relative
 rotation snapped to the identity) gives exactly zero increments.
 """

@@ -1,4 +1,4 @@
-"""Rotation conversions with the conventions of the GEM reference (spec §5.3).
+"""Rotation conversions with the conventions of the GEM reference (NVlabs/GENMO).
 
 Conventions used everywhere in ``models.gem``:
 
@@ -45,7 +45,7 @@ def cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cross product over the last dimension (size 3), written out component-wise.
 
     Each component is the difference of two separately rounded products, so ``cross(v, v)`` is exactly zero
-    (``torch.cross`` may use fused multiply-add and leave rounding residue; see the fixture README §5).
+    (``torch.cross`` may use fused multiply-add and leave rounding residue).
     """
     ax, ay, az = a.unbind(-1)
     bx, by, bz = b.unbind(-1)

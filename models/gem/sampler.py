@@ -1,4 +1,4 @@
-"""Samplers of GEM's estimation mode: 50-step DDIM (η = 0) and the single-pass regression (spec §4).
+"""Samplers of GEM's estimation mode: 50-step DDIM (η = 0) and the single-pass regression.
 
 The denoiser predicts x̂₀ directly. DDIM over the respaced cosine schedule, for k = K-1 … 0:
     ε = (x/√ᾱ'_k − x̂₀) / √(1/ᾱ'_k − 1),   x ← √ᾱ'_{k−1}·x̂₀ + √(1 − ᾱ'_{k−1})·ε   (ᾱ'_{−1} = 1)
@@ -9,7 +9,7 @@ logits) are those of the last denoiser call (t = 0), whose x̂₀ equals the fin
 Classifier-free guidance: the reference wraps the denoiser in a CFG sampler (scale 2.5) that runs a
 conditional pass (f_cond, encoded text) and an unconditional pass (f_uncond, zero text) and returns
 out_u + 2.5·(out_c − out_u). In estimation mode both passes get identical inputs: f_uncond == f_cond (every
-condition is reused and the music/audio flags are 0 in both, spec §2.5), the text is zeros either way (no
+condition is reused and the music/audio flags are 0 in both), the text is zeros either way (no
 text encoder), and x is shared. The two outputs are therefore identical and the combination returns out_u
 exactly (the fixtures confirm it bitwise at all 50 steps), so one pass per step is run here. A second pass is
 only needed if text, music or audio conditioning is ever added.
@@ -136,7 +136,7 @@ def ddim_sample(
 def regression(
     denoise: DenoiseFn, shape: Sequence[int], device, num_timesteps: int = 1000, record: dict | None = None
 ) -> dict[str, torch.Tensor]:
-    """One denoiser call with x_t = 0 at t = num_timesteps − 1 (spec §4.5)."""
+    """One denoiser call with x_t = 0 at t = num_timesteps − 1."""
     taps = {} if record is not None else None
     out = denoise(torch.zeros(*shape, device=device), num_timesteps - 1, taps)
     if record is not None:

@@ -1,4 +1,4 @@
-"""SMPL-X body skeleton (22 body joints) and forward kinematics, for post-processing and IK (spec §7).
+"""SMPL-X body skeleton (22 body joints) and forward kinematics, for post-processing and IK.
 
 Only the shaped rest skeleton is needed, never the mesh. It is built from the one SMPL-X body model
 (``models.body_model.BodyModel``) with the ``smplx`` package's joint regression, in float32 exactly as the
