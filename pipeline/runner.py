@@ -84,7 +84,11 @@ class RunContext:
 
 def needed_weights(cfg: Config, detections: Any = None) -> dict[str, str]:
     """{role: file} of every weight file the stages planned by ``cfg`` need (``detections``: user boxes)."""
-    env = StageEnv(cfg, Path("."), "cpu", Path, str, locate, str, None, detections=detections)
+    # the stages' weights() read only the config, env.detections and env.locate: nothing is resolved here
+    env = StageEnv(
+        cfg=cfg, out=Path("."), device="cpu", weights=Path, weights_hash=str, locate=locate, file_hash=str,
+        progress=None, detections=detections,
+    )  # fmt: skip
     need: dict[str, str] = {}
     for name in cfg.planned_stages():
         need.update(SPECS[name].weights(cfg, env))
@@ -146,8 +150,8 @@ def _due_in_pass(run: ClipRun, name: str, ctx: RunContext) -> bool:
         return False
     if name in run.outcomes or _skip_reason(run, name):
         return False
-    art = ctx.store.load(name, stage_key(run, name))
-    return art is None or not spec.present(run, art.meta)
+    meta = ctx.store.load_meta(name, stage_key(run, name))  # its arrays are read when its turn comes
+    return meta is None or not spec.present(run, meta)
 
 
 def _shared_pass(run: ClipRun, name: str, ctx: RunContext) -> None:

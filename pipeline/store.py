@@ -80,12 +80,18 @@ class ArtifactStore:
     def has(self, stage: str, key: str) -> bool:
         return (self.path(stage, key) / "meta.json").is_file()
 
+    def load_meta(self, stage: str, key: str) -> dict | None:
+        """The artifact's metadata alone (its arrays are not read), or None if absent or unreadable."""
+        try:
+            return json.loads((self.path(stage, key) / "meta.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
     def load(self, stage: str, key: str) -> Artifact | None:
         """The artifact, or None if absent (or unreadable, which is then treated as absent)."""
         d = self.path(stage, key)
-        try:
-            meta = json.loads((d / "meta.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        meta = self.load_meta(stage, key)
+        if meta is None:
             return None
         arrays: dict[str, np.ndarray] = {}
         if (d / "arrays.npz").is_file():

@@ -863,18 +863,13 @@ def _unpublish(run: ClipRun, clip_dir: Path) -> None:
         (clip_dir / name).unlink(missing_ok=True)
 
 
-def _key_inputs(run: ClipRun) -> dict:
-    bm = run.env.body_model
-    return {"body_model": run.env.file_hash(bm) if bm else None}
-
-
 SPEC = StageSpec(
     name="export",
     version=VERSION,
     settings=ExportSettings,
     needs=("probe", "track", "postprocess"),
     uses=("keypoints", "camera"),
-    key_inputs=_key_inputs,
+    key_inputs=ClipRun.body_model_input,
     compute=_compute,
     present=lambda run, meta: all((run.env.out / f).is_file() for f in _files(meta)),
     unpublish=_unpublish,

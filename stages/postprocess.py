@@ -201,11 +201,6 @@ def _compute(run: ClipRun) -> PersonArrays:
     return PersonArrays(info, {pid: {k: r[k] for k in KEEP} for pid, r in zip(pids, people, strict=True)})
 
 
-def _key_inputs(run: ClipRun) -> dict:
-    bm = run.env.body_model
-    return {"body_model": run.env.file_hash(bm) if bm else None}
-
-
 def _warnings(run: ClipRun, pp: PersonArrays) -> list[str]:
     if pp.meta.get("body_model"):
         return []
@@ -218,7 +213,7 @@ SPEC = StageSpec(
     settings=PostprocessSettings,
     needs=("estimate",),
     uses=("camera",),
-    key_inputs=_key_inputs,
+    key_inputs=ClipRun.body_model_input,
     compute=_compute,
     save=lambda r: r.to_arrays(),
     load=PersonArrays.from_arrays,

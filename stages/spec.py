@@ -108,6 +108,11 @@ class ClipRun:
     def cfg(self) -> Any:
         return self.env.cfg
 
+    def body_model_input(self) -> dict[str, str | None]:
+        """The body model's content hash, for the keys of stages that read it (None: no body model)."""
+        bm = self.env.body_model
+        return {"body_model": self.env.file_hash(bm) if bm else None}
+
 
 @dataclass
 class PixelJob:
