@@ -27,6 +27,7 @@ from pipeline.runner import RunContext, needed_weights, run_batch
 from stages import STAGES
 
 Orchestrator = Callable[[list[Clip], RunContext], dict]
+Command = Callable[[argparse.Namespace], int]
 
 EXIT_OK, EXIT_CLIP_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -64,6 +65,58 @@ def _parser() -> argparse.ArgumentParser:
         help="boxes instead of the detector: JSON/CSV of frame,x1,y1,x2,y2,score[,track_id][,clip], "
         "or a folder of per-clip files named after the clip",
     )
+
+    r.add_argument(
+        "--pool",
+        metavar="NAME",
+        help="run each clip as a flow run on this Prefect work pool (after `genmocap deploy --pool NAME`; "
+        "needs PREFECT_API_URL)",
+    )
+
+    dp = sub.add_parser(
+        "deploy",
+        help="register work pools, deployments, the gpu limit and crash detection with a Prefect server",
+        description="Idempotent. Needs PREFECT_API_URL. Then start workers: "
+        "`prefect worker start --pool NAME --type process --limit 1` (one per GPU, CUDA_VISIBLE_DEVICES=N).",
+    )
+    dp.add_argument("--pool", required=True, metavar="NAME", help="pool of the per-clip runs (GPU)")
+    dp.add_argument("--control-pool", default="genmocap-control", metavar="NAME", help="coordinators' pool")
+    dp.add_argument("--gpu-slots", type=int, metavar="N", help="slots of the limit 'gpu'")
+    dp.add_argument("--heartbeat", type=int, default=30, metavar="S", help="flow-run heartbeat (s, >= 30)")
+    dp.add_argument(
+        "--zombie-seconds",
+        type=int,
+        default=90,
+        metavar="S",
+        help="silent this long: Crashed",
+    )
+
+    sc = sub.add_parser(
+        "schedule",
+        help="nightly drop folders: register a cron schedule on the server, or list/pause/resume/delete one",
+        description="Each scheduled run takes only new, changed or failed clips (files still being copied "
+        "wait for the next run) and runs them on --pool; it writes OUT/reports/<start>.json.",
+    )
+    sc.add_argument("inputs", nargs="*", metavar="FOLDER")
+    sc.add_argument("--out", type=Path, help="output folder (same path on every worker)")
+    sc.add_argument("--cron", default="0 2 * * *", help="cron expression (default: 02:00 nightly)")
+    sc.add_argument("--timezone", default="UTC", help="time zone of the cron expression, e.g. Europe/London")
+    sc.add_argument("--pool", default="gpu", metavar="NAME", help="pool that runs the clips")
+    sc.add_argument("--name", default="nightly", help="schedule name (default nightly)")
+    sc.add_argument("--config", type=Path)
+    sc.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    sc.add_argument("--detections", type=Path, metavar="FILE")
+    sc.add_argument(
+        "--settle", type=float, default=120.0, metavar="S", help="skip files modified in the last S seconds"
+    )
+    sc.add_argument(
+        "--max-nights", type=int, default=3, metavar="N", help="give a clip up after N failed runs in a row"
+    )
+    act = sc.add_mutually_exclusive_group()
+    act.add_argument("--list", action="store_true", help="list genmocap schedules")
+    act.add_argument("--pause", metavar="NAME")
+    act.add_argument("--resume", metavar="NAME")
+    act.add_argument("--delete", metavar="NAME")
 
     d = sub.add_parser("doctor", help="check ffmpeg, GPU, weights and body model")
     d.add_argument("--json", action="store_true")
@@ -106,10 +159,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None, orchestrators: dict[str, Orchestrator] | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    orchestrators: dict[str, Orchestrator] | None = None,
+    commands: dict[str, Command] | None = None,
+) -> int:
+    """``commands``: the server commands (deploy, schedule), given by ``flows.cli``."""
     args = _parser().parse_args(argv)
     if args.command == "run":
         return cmd_run(args, orchestrators or {})
+    if args.command in ("deploy", "schedule"):
+        if args.command not in (commands or {}):
+            _err(f"`{args.command}` needs Prefect: use the `genmocap` console script")
+            return EXIT_USAGE
+        return commands[args.command](args)
     if args.command == "doctor":
         return cmd_doctor(args)
     if args.command == "models":
@@ -137,6 +200,7 @@ def _err(msg: str) -> None:
 def cmd_run(args: argparse.Namespace, orchestrators: dict[str, Orchestrator]) -> int:
     overrides = list(args.overrides) + ([f"run.until={args.until}"] if args.until else [])
     overrides += [f"run.stages=[{','.join(args.stages)}]"] if args.stages else []
+    overrides += [f"run.pool={args.pool}"] if args.pool else []
     try:
         cfg = load_config(args.config, overrides)
         clips = discover(args.inputs)
@@ -150,12 +214,17 @@ def cmd_run(args: argparse.Namespace, orchestrators: dict[str, Orchestrator]) ->
     if orchestrator != "local" and orchestrator not in orchestrators:
         _err(f"run.orchestrator={orchestrator} is not available here; use --set run.orchestrator=local")
         return EXIT_USAGE
+    if cfg.run.pool and orchestrator != "prefect":
+        _err("--pool (run.pool) runs clips on Prefect workers: it needs run.orchestrator=prefect")
+        return EXIT_USAGE
     try:
         with Progress(cfg.run.progress) as progress:
             ctx = RunContext.create(cfg, args.out, detections=args.detections, progress=progress)
             # Missing weights are a set-up problem, not a bad clip: list every missing file once, before
-            # any work (files with a public source are downloaded first when online).
-            require(ctx.required_weights())
+            # any work (files with a public source are downloaded first when online). With a pool, the
+            # workers hold the weights, not this machine.
+            if not cfg.run.pool:
+                require(ctx.required_weights())
             runner = run_batch if orchestrator == "local" else orchestrators[orchestrator]
             report = runner(clips, ctx)
     except MissingWeightsError as e:

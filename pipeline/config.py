@@ -26,7 +26,8 @@ class ConfigError(ValueError):
 
 
 class RunSettings(BaseModel):
-    """How the run is executed. Nothing here changes results, so none of it enters cache keys."""
+    """How the run is executed. Nothing here enters stage keys; only ``until``/``stages``/``device`` enter
+    :meth:`Config.result_digest` (what a re-submitted clip is recognised by)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -34,13 +35,32 @@ class RunSettings(BaseModel):
     stages: list[StageName] | None = Field(
         None, description="run these stages and what they need (instead of everything up to 'until')"
     )
-    concurrency: int = Field(1, ge=1, le=64, description="clips processed at once")
-    orchestrator: Literal["prefect", "local"] = Field(
-        "prefect", description="prefect: local Prefect flows (no server needed); local: plain Python"
+    concurrency: int = not_in_key(1, ge=1, le=64, description="clips processed at once (in this process)")
+    orchestrator: Literal["prefect", "local"] = not_in_key(
+        "prefect",
+        description="prefect: Prefect flows (local mode, or a server with --pool); local: plain Python",
     )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    cache_dir: Path | None = Field(None, description="artifact store; default OUT/.genmocap/artifacts")
-    progress: Literal["auto", "on", "off"] = "auto"
+    cache_dir: Path | None = not_in_key(None, description="artifact store; default OUT/.genmocap/artifacts")
+    progress: Literal["auto", "on", "off"] = not_in_key("auto")
+    retries: int = not_in_key(
+        2,
+        ge=0,
+        le=10,
+        description="re-tries of a stage after a transient error (CUDA out of memory: half batch)",
+    )
+    retry_delay: float = not_in_key(
+        5.0, ge=0, description="seconds before the first re-try; doubles each time"
+    )
+    crash_retries: int = not_in_key(
+        2, ge=0, le=10, description="re-runs of a clip whose flow run crashed (worker lost), on a server"
+    )
+    pool: str | None = not_in_key(
+        None, description="Prefect work pool whose workers run the clips (genmocap deploy --pool); None: here"
+    )
+    gpu_limit: str | None = not_in_key(
+        "gpu", description="Prefect global concurrency limit a GPU stage holds while computing (on a server)"
+    )
 
     @field_validator("device")
     @classmethod
@@ -72,6 +92,15 @@ class _ConfigBase(BaseModel):
     def digest(self) -> str:
         """Short hash of the whole config (recorded in clip.json and the report)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def result_digest(self) -> str:
+        """Short hash of the settings that change results (``not_in_key`` fields left out): two runs with
+        the same result digest produce the same outputs from the same footage and weights."""
+        from stages.spec import key_settings
+
+        parts = {name: key_settings(getattr(self, name)) for name in type(self).model_fields}
+        blob = json.dumps(parts, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def planned_stages(self) -> tuple[str, ...]:

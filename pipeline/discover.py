@@ -1,7 +1,8 @@
 """Find the clips of a run: files, folders (recursive), glob patterns and manifest files.
 
 A clip is a video file or a folder of image frames. Clip ids are ``<stem>-<8 hex>``: readable, stable across
-runs (the hex is a hash of the absolute path) and unique when two folders hold files of the same name.
+runs and across machines that mount the footage at different places (the hex hashes the path relative to the
+folder above the input root, never the absolute path), and unique when two folders hold files of one name.
 """
 
 from __future__ import annotations
@@ -36,15 +37,27 @@ class Clip:
         return list(dict.fromkeys(out))
 
 
-def clip_id(path: Path) -> str:
+def clip_id(path: Path, root: Path | None = None) -> str:
+    """``<stem>-<8 hex>`` for the clip at ``path`` found under the input ``root`` (default: its own folder).
+
+    The hex hashes the path relative to ``root``'s parent, e.g. ``footage/day1/take1.mp4`` for the folder
+    input ``/mnt/nas/footage``: the same footage mounted at ``/data/footage`` on another worker gets the same
+    id, and two folders holding ``take1.mp4`` get different ones.
+    """
+    path = Path(os.path.abspath(path))
+    base = Path(os.path.abspath(root if root is not None else path.parent)).parent
+    try:
+        rel = path.relative_to(base).as_posix()
+    except ValueError:
+        rel = path.as_posix()
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem if path.is_file() else path.name).strip("._") or "clip"
-    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+    digest = hashlib.sha1(rel.encode()).hexdigest()[:8]
     return f"{stem[:48]}-{digest}"
 
 
-def _make_clip(path: Path, kind: str) -> Clip:
+def _make_clip(path: Path, kind: str, root: Path | None = None) -> Clip:
     path = path.resolve()
-    return Clip(id=clip_id(path), source=path, kind=kind)
+    return Clip(id=clip_id(path, root.resolve() if root is not None else None), source=path, kind=kind)
 
 
 def _is_video(path: Path) -> bool:
@@ -54,15 +67,16 @@ def _is_video(path: Path) -> bool:
 def _walk(folder: Path) -> list[Clip]:
     """Videos anywhere below ``folder``; every folder with >= 2 image frames is one image-sequence clip."""
     clips: list[Clip] = []
+    top = folder
     for root, dirs, files in os.walk(folder):
         root_p = Path(root)
         dirs[:] = sorted(d for d in dirs if not is_hidden_or_temp(root_p / d))
         for name in sorted(files):
             if _is_video(root_p / name):
-                clips.append(_make_clip(root_p / name, "video"))
+                clips.append(_make_clip(root_p / name, "video", top))
         if sum(Path(f).suffix.lower() in IMAGE_EXTS for f in files) >= MIN_SEQUENCE_FRAMES:
             if len(list_image_frames(root_p)) >= MIN_SEQUENCE_FRAMES:
-                clips.append(_make_clip(root_p, "images"))
+                clips.append(_make_clip(root_p, "images", top))
     return clips
 
 

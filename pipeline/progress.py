@@ -70,6 +70,16 @@ class Progress:
             with self._lock:
                 print(f"{clip}: {stage} {status} in {seconds:.1f}s{extra}", file=self.stream, flush=True)
 
+    def note(self, text: str) -> None:
+        """One line of news that is not a stage result (e.g. waiting for another run's lock)."""
+        if self.quiet:
+            return
+        with self._lock:
+            if self._bar is not None:
+                self._bar.console.print(text)
+            else:
+                print(text, file=self.stream, flush=True)
+
     def clip_done(self, clip: str, status: str) -> None:
         if self._bar is not None:
             with self._lock:

@@ -8,10 +8,16 @@ in ``flows/`` call; ``process_clip`` / ``run_batch`` chain them without Prefect 
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import os
+import socket
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +26,10 @@ from pipeline.config import Config
 from pipeline.discover import Clip
 from pipeline.progress import Progress
 from pipeline.registry import body_model_path, file_hash, locate, require, weights_hash
-from pipeline.report import CLIP_SCHEMA, now, write_report
+from pipeline.report import CLIP_SCHEMA, build_report, clip_entry, now, write_report
 from pipeline.store import Artifact, ArtifactStore, artifact_key
 from stages import SPECS, STAGES
-from stages.files import atomic_write_json
+from stages.files import atomic_write_json, file_lock
 from stages.spec import ClipRun, PixelJob, StageEnv, StageFailure, key_settings, run_pixel_jobs
 
 
@@ -37,6 +43,8 @@ class RunContext:
     progress: Progress
     detections: Any = None  # stages.track.DetectionsSource
     body_model: Path | None = None  # SMPL-X neutral .npz (licence-gated; optional)
+    # gpu_slot(stage) is held while a GPU stage computes (flows: a Prefect global concurrency slot)
+    gpu_slot: Callable[[str], AbstractContextManager] = nullcontext
 
     @classmethod
     def create(cls, cfg: Config, out: Path, detections: Path | None = None, progress: Progress | None = None,
@@ -100,12 +108,69 @@ class StageOutcome:
     status: str  # computed | cached | skipped | failed
     seconds: float = 0.0
     reason: str | None = None
+    ran_on: dict | None = None  # {"host", "pid", "flow_run"}: where the stage ran (or was found cached)
+    attempts: int = 1
+    error: BaseException | None = field(default=None, repr=False)  # what made it fail (not reported)
+
+    @property
+    def transient(self) -> bool:
+        """Did it fail for a reason worth a re-try (CUDA out of memory, a flaky filesystem)?"""
+        return self.error is not None and is_transient(self.error)
 
     def to_json(self) -> dict:
         d: dict[str, Any] = {"status": self.status, "seconds": round(self.seconds, 3)}
         if self.reason:
             d["reason"] = self.reason
+        if self.attempts > 1:
+            d["attempts"] = self.attempts
+        d["ran_on"] = self.ran_on
         return d
+
+
+# errno values of I/O errors that a second attempt can get past (network filesystems, busy devices)
+_TRANSIENT_ERRNO = {errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.EINTR, errno.ESTALE,
+                    errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH}  # fmt: skip
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """A CUDA (or other accelerator) out-of-memory error, which a smaller batch may avoid."""
+    return type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
+
+
+def is_transient(e: BaseException) -> bool:
+    """Errors a re-try may get past: accelerator out of memory, time-outs and flaky I/O (not a bad file)."""
+    if is_out_of_memory(e) or isinstance(e, TimeoutError):
+        return True
+    return isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNO
+
+
+def ran_on(run: ClipRun) -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "flow_run": run.flow_run}
+
+
+def reset_stage(run: ClipRun, name: str) -> None:
+    """Forget a failed attempt at ``name`` before a re-try; after an out-of-memory error, the clip's batch
+    sizes are halved (they never change results, so the stage's key stays the same)."""
+    out = run.outcomes.pop(name, None)
+    if out is None or out.status != "failed":
+        return
+    run.error = run.error_detail = None
+    run.pending.pop(name, None)
+    if out.error is not None and is_out_of_memory(out.error):
+        run.env = dataclasses.replace(run.env, cfg=_halve_batches(run.cfg))
+    run.facts[f"attempts.{name}"] = run.facts.get(f"attempts.{name}", 1) + 1
+
+
+def _halve_batches(cfg: Config) -> Config:
+    """``cfg`` with every ``batch*`` setting of every section halved (at least 1)."""
+    update = {}
+    for section in type(cfg).model_fields:
+        settings = getattr(cfg, section)
+        fields = getattr(type(settings), "model_fields", {})
+        batch = {f: max(1, getattr(settings, f) // 2) for f in fields if f.startswith("batch")}
+        if batch:
+            update[section] = settings.model_copy(update=batch)
+    return cfg.model_copy(update=update)
 
 
 def new_run(clip: Clip, ctx: RunContext) -> ClipRun:
@@ -209,7 +274,9 @@ def run_stage(run: ClipRun, name: str, ctx: RunContext) -> StageOutcome:
                 art = None  # its files under OUT were removed: write them again
             if art is None:
                 ctx.progress.stage(run.clip_id, name)
-                meta, arrays = spec.save(_compute(run, name, ctx))
+                with ctx.gpu_slot(name) if spec.uses_gpu(run) else nullcontext():
+                    result = _compute(run, name, ctx)
+                meta, arrays = spec.save(result)
                 art = Artifact(meta, arrays)
                 ctx.store.save(name, key, art)
                 status = "computed"
@@ -217,11 +284,13 @@ def run_stage(run: ClipRun, name: str, ctx: RunContext) -> StageOutcome:
             run.keys[name] = key
             out = StageOutcome(status)
     except Exception as e:  # a clip's failure must never stop the batch
-        out = StageOutcome("failed", reason=_one_line(e))
+        out = StageOutcome("failed", reason=_one_line(e), error=e)
         run.error = f"{name}: {out.reason}"
         if not isinstance(e, (StageFailure, MediaError)):
             run.error_detail = traceback.format_exc()
     out.seconds = time.perf_counter() - t0
+    out.ran_on = ran_on(run)
+    out.attempts = run.facts.get(f"attempts.{name}", 1)
     run.outcomes[name] = out
     ctx.progress.stage_done(run.clip_id, name, out.status, out.seconds, out.reason)
     return out
@@ -264,30 +333,39 @@ def finish_clip(run: ClipRun, ctx: RunContext) -> dict:
         doc["traceback"] = run.error_detail
     atomic_write_json(clip_dir / "clip.json", doc)
     ctx.progress.clip_done(run.clip_id, status)
-    people = doc.get("people") or []
-    return {
-        "id": run.clip_id,
-        "source": str(run.source),
-        "status": status,
-        "error": run.error,
-        "people": len(people) if ok else 0,
-        "warnings": run.warnings,
-        "stages": stages,
-        "out": run.clip_id,
-    }
+    return clip_entry(doc)
+
+
+def clip_lock(out: Path, clip_id: str, progress: Progress | None = None) -> AbstractContextManager:
+    """The lock a process holds while it runs a clip into ``out`` (another run of the same clip, on this
+    machine or another worker sharing the folder, waits and then finds its stages cached)."""
+
+    def waiting() -> None:
+        if progress is not None:
+            progress.note(f"{clip_id}: another run holds this clip; waiting for it")
+
+    return file_lock(Path(out) / ".genmocap" / "locks" / f"{clip_id}.lock", on_wait=waiting)
 
 
 def process_clip(clip: Clip, ctx: RunContext) -> dict:
-    """All stages of one clip, in order, without Prefect; returns the clip's report entry."""
-    run = new_run(clip, ctx)
-    for name in STAGES:
-        run_stage(run, name, ctx)
-    return finish_clip(run, ctx)
+    """All stages of one clip, in order, without Prefect (transient errors re-tried as the Prefect flow
+    does); returns the clip's report entry."""
+    with clip_lock(ctx.out, clip.id, ctx.progress):
+        run = new_run(clip, ctx)
+        for name in STAGES:
+            out = run_stage(run, name, ctx)
+            for attempt in range(ctx.cfg.run.retries):
+                if not out.transient:
+                    break
+                time.sleep(ctx.cfg.run.retry_delay * 2**attempt)
+                reset_stage(run, name)
+                out = run_stage(run, name, ctx)
+        return finish_clip(run, ctx)
 
 
 def run_batch(clips: list[Clip], ctx: RunContext) -> dict:
     """Process clips with ``run.concurrency`` threads (plain Python) and write ``OUT/report.json``."""
     started = now()
     with ThreadPoolExecutor(max_workers=ctx.cfg.run.concurrency) as pool:
-        entries = list(pool.map(lambda c: process_clip(c, ctx), clips))
-    return write_report(ctx, entries, started)
+        list(pool.map(lambda c: process_clip(c, ctx), clips))
+    return write_report(ctx.out, build_report(ctx.out, ctx.cfg, clips, started))

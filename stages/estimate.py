@@ -297,6 +297,7 @@ def _weights(cfg, env: StageEnv | None) -> dict[str, str]:
 
 SPEC = StageSpec(
     name="estimate",
+    gpu=True,
     version=VERSION,
     settings=EstimateSettings,
     needs=("track", "keypoints"),

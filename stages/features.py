@@ -46,6 +46,7 @@ def _skip(run: ClipRun) -> str | None:
 
 SPEC = StageSpec(
     name="features",
+    gpu=True,
     version=VERSION,
     settings=FeaturesSettings,
     needs=("probe", "track"),

@@ -92,3 +92,28 @@ def remove_files(folder: Path, *names: str) -> None:
     """Remove published files that this run did not produce (no stale file under a final name)."""
     for name in names:
         (folder / name).unlink(missing_ok=True)
+
+
+@contextmanager
+def file_lock(path: str | Path, on_wait: Callable[[], Any] | None = None):
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the ``with`` block.
+
+    ``flock`` locks are released by the kernel when their holder dies, so a killed worker never leaves a
+    clip locked; on NFS v4 and other shared filesystems they are visible to every machine that mounts it.
+    ``on_wait()`` is called once if another holder makes us wait.
+    """
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

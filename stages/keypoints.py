@@ -45,6 +45,7 @@ def _weights(cfg, env: StageEnv | None) -> dict[str, str]:
 
 SPEC = StageSpec(
     name="keypoints",
+    gpu=True,
     version=VERSION,
     settings=KeypointsSettings,
     needs=("probe", "track"),

@@ -103,6 +103,7 @@ class ClipRun:
     error_detail: str | None = None
     warnings: list[str] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)  # clip facts found on the way (e.g. fingerprint)
+    flow_run: str | None = None  # the Prefect flow run processing the clip (None without Prefect)
 
     @property
     def cfg(self) -> Any:
@@ -175,6 +176,9 @@ class StageSpec:
             them when the stage did not succeed in this run (no stale file under a final name).
         report(result): entries for ``clip.json`` (called with None when the stage has no result).
         warnings(run, result): warnings the result carries (a cached result reports them too).
+        gpu: the stage runs networks on the accelerator (a bool, or a function of the clip run), so computing
+            it holds a GPU slot (the Prefect global concurrency limit ``run.gpu_limit``); CPU-only stages
+            never hold one.
     """
 
     name: str
@@ -195,6 +199,10 @@ class StageSpec:
     unpublish: Callable[[ClipRun, Path], None] | None = None
     report: Callable[[Any], dict] = _empty
     warnings: Callable[[ClipRun, Any], list[str]] = _no_warnings
+    gpu: bool | Callable[[ClipRun], bool] = False
+
+    def uses_gpu(self, run: ClipRun) -> bool:
+        return self.gpu(run) if callable(self.gpu) else self.gpu
 
 
 # ---------------------------------------------------------------------------------------------------------

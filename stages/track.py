@@ -320,6 +320,7 @@ def no_person(run: ClipRun) -> str | None:
 
 SPEC = StageSpec(
     name="track",
+    gpu=lambda run: run.env.detections is None,  # the detector; user boxes need no GPU
     version=VERSION,
     settings=TrackSettings,
     needs=("probe",),

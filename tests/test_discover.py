@@ -51,7 +51,18 @@ def test_ids_unique_for_same_names_and_stable(tree):
     take1 = [c.id for c in clips if c.source.name == "take1.mp4"]
     assert len(take1) == 2 and all(i.startswith("take1-") for i in take1)
     assert [c.id for c in discover([str(tree)])] == ids  # stable across runs
-    assert clip_id(tree / "a" / "take1.mp4") == take1[0] or clip_id(tree / "a" / "take1.mp4") == take1[1]
+    assert clip_id(tree / "a" / "take1.mp4", tree) in take1
+
+
+def test_ids_do_not_depend_on_the_mount_point(tree, tmp_path):
+    """Workers that mount the footage at different places agree on clip ids (and so on output folders)."""
+    other = tmp_path / "mnt" / "nas"
+    other.mkdir(parents=True)
+    (other / tree.name).symlink_to(tree)
+    here = {c.source.relative_to(tree).as_posix(): c.id for c in discover([str(tree)])}
+    # resolve() would follow the link back to `tree`: compare the ids computed from the un-resolved paths
+    there = {rel: clip_id(other / tree.name / rel, other / tree.name) for rel in here}
+    assert there == here
 
 
 def test_glob_manifest_and_csv(tree, tmp_path):

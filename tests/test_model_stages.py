@@ -4,6 +4,7 @@ random-weight checkpoints of the shared fixtures (ViTPose, HMR2, GEM) and their 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -317,3 +318,24 @@ def cam_angvel_of(R_w2c: np.ndarray) -> np.ndarray:
     from stages.camera import cam_angvel
 
     return cam_angvel(R_w2c)
+
+
+def test_only_gpu_stages_hold_a_gpu_slot(clip, tmp_path):
+    """The GPU slot (a Prefect global concurrency limit on a server) is held exactly while a network stage
+    computes: never by probe, the camera solve, postprocess or export, nor by track with user boxes."""
+    video, dets = clip
+    held: list[str] = []
+
+    @contextmanager
+    def slot(stage: str):
+        held.append(stage)
+        yield
+
+    cfg = load_config(None, [*REDUCED, "run.until=postprocess", "camera.backend=opencv"])
+    ctx = RunContext.create(cfg, tmp_path / "out", detections=dets, body_model=BODY)
+    ctx.gpu_slot = slot
+    assert run_batch(discover([video]), ctx)["summary"]["ok"] == 1
+    assert sorted(held) == ["estimate", "features", "keypoints"]
+    held.clear()
+    assert run_batch(discover([video]), ctx)["summary"]["ok"] == 1  # all cached: no GPU work, no slot
+    assert held == []

@@ -328,8 +328,8 @@ def test_batch_flow_from_plain_parameters(corpus, tmp_path):
     root, dets, _ = corpus
     out = tmp_path / "out"
     code = (
-        "import json, sys; from flows.folder import batch; "
-        f"r = batch(inputs=[{str(root / 'good30.mp4')!r}, {str(root / 'bad' / 'zero_byte.mp4')!r}], "
+        "import json, sys; from flows.folder import process_folder; "
+        f"r = process_folder(inputs=[{str(root / 'good30.mp4')!r}, {str(root / 'bad' / 'zero_byte.mp4')!r}], "
         f"out={str(out)!r}, overrides=['run.until=track'], detections={str(dets)!r}); "
         "print(json.dumps(r['summary']))"
     )

@@ -199,6 +199,42 @@ def test_a_new_stage_is_one_module_and_one_line(clip, tmp_path):
         [sys.executable, "-m", "flows.cli", "config"], capture_output=True, text=True, env=env
     ).stdout
     assert "toy:" in cfg and "factor: 2" in cfg
+    ran_on = json.loads((out / e["id"] / "clip.json").read_text())["stages"]["toy"]["ran_on"]
+    assert ran_on["host"] and ran_on["pid"] > 0 and ran_on["flow_run"] is None  # no Prefect here
+
+
+@pytest.mark.parametrize("orchestrator", ["local", "prefect"])
+def test_out_of_memory_is_retried_with_half_the_batch(clip, tmp_path, orchestrator):
+    """A CUDA out-of-memory error is transient: re-tried (by Prefect's task retries in Prefect mode) with
+    the batch halved each time, up to ``run.retries``; past that the clip fails with the reason."""
+    mp4, _, _ = clip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GENMOCAP_EXTRA_STAGES": "tests.toy_stage"}
+
+    def run(out: Path, retries: int) -> subprocess.CompletedProcess:
+        args = [
+            "run",
+            str(mp4),
+            "--out",
+            str(out),
+            "--stages",
+            "toy",
+            "--set",
+            f"run.orchestrator={orchestrator}",
+        ]
+        args += ["--set", "toy.batch=8", "--set", "toy.oom_above=2", "--set", f"run.retries={retries}"]
+        args += ["--set", "run.retry_delay=0.1"]
+        return subprocess.run(
+            [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, env=env
+        )
+
+    r = run(tmp_path / "a", retries=2)  # batch 8: OOM, 4: OOM, 2: fits
+    assert r.returncode == 0, r.stderr
+    toy = _report(tmp_path / "a")["stages"]["toy"]
+    assert toy["status"] == "computed" and toy["attempts"] == 3, toy
+    r = run(tmp_path / "b", retries=1)  # batch 8: OOM, 4: OOM, no more re-tries
+    assert r.returncode == 1
+    e = _report(tmp_path / "b")
+    assert e["status"] == "failed" and "out of memory with batch 4" in e["error"], e
 
 
 class _Chunk:

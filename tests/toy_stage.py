@@ -1,8 +1,9 @@
 """A toy stage kept outside ``stages/``: proof that a new stage is one module plus one line.
 
 It is loaded through ``GENMOCAP_EXTRA_STAGES=tests.toy_stage`` (the "one line"); tests then run it through the
-real CLI. It needs ``probe``, has a settings section of its own with one result field and one resource knob,
-and publishes one file.
+real CLI. It needs ``probe``, has a settings section of its own with one result field and resource knobs,
+and publishes one file. ``oom_above`` makes it fail with a real CUDA out-of-memory error while its batch is
+larger than that, to test the re-try policy (a re-try after out-of-memory halves the batch).
 """
 
 from __future__ import annotations
@@ -20,9 +21,16 @@ class ToySettings(BaseModel):
 
     factor: int = Field(2, description="multiplies the clip's frame count (changes the result)")
     workers: int = not_in_key(1, description="a resource knob: not part of the cache key")
+    batch: int = not_in_key(8, ge=1, description="items per pass (not a result)")
+    oom_above: int = not_in_key(0, ge=0, description="out of memory while batch > this (0: never)")
 
 
 def _compute(run: ClipRun) -> dict:
+    s = run.cfg.toy
+    if s.oom_above and s.batch > s.oom_above:
+        import torch
+
+        raise torch.cuda.OutOfMemoryError(f"CUDA out of memory with batch {s.batch} (toy)")
     return {"frames_times_factor": run.results["probe"].frame_count * run.cfg.toy.factor}
 
 
