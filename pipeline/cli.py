@@ -289,8 +289,26 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         "optional",
         required=False,
     )
+    # where each network stage of a default run will run, and on which engine (no torch import: the
+    # device follows the driver's GPUs and run.device=auto)
+    from stages.perception import resolve_engine
+
+    cfg = Config()
+    device = "cuda" if gpus else "cpu"
+    roles = needed_weights(cfg)
+    for stage, role in (("track", "detector"), ("keypoints", "vitpose"), ("features", "hmr2")):
+        if role not in roles:
+            continue
+        settings = getattr(cfg, stage)
+        engine = resolve_engine(getattr(settings, "engine", "auto"), roles[role], device)
+        how = f"{engine} on {device}" + (" (bf16)" if getattr(settings, "bf16", False) else "")
+        if engine == "torch" and roles[role].endswith(".onnx"):
+            how += f", weights imported from {roles[role]}"
+        add(f"runs {stage}", True, f"{how} ({roles[role]})", required=False)
+    gem = f"torch on {device}" + (" (bf16)" if cfg.estimate.bf16 else "")
+    add("runs estimate", True, gem, required=False)
     # the files a default run needs (auto: the original ViTPose/HMR2 when present, else GEM's ONNX + sidecar)
-    default_needs = set(needed_weights(Config()).values())
+    default_needs = set(roles.values())
     default_needs |= {REGISTRY[n].sidecar for n in default_needs if n in REGISTRY and REGISTRY[n].sidecar}
     for row in weights_status():
         needed = row["file"] in default_needs

@@ -180,31 +180,66 @@ def _run_items(
 # Models and the shared pixel pass of the keypoints and features stages
 
 
+def resolve_engine(setting: str, weights: Path | str, device: str) -> str:
+    """``torch`` or ``onnxruntime`` for a network. ``auto`` runs torch on a GPU whatever the weight file
+    (GEM's ONNX exports are imported into our torch modules: :mod:`models.onnx_import`); on the CPU an
+    ``.onnx`` file with onnxruntime (as GEM's demo does) and a checkpoint with torch."""
+    if setting != "auto":
+        return setting
+    if str(device).startswith("cuda") or Path(weights).suffix != ".onnx":
+        return "torch"
+    return "onnxruntime"
+
+
+# bf16 by default on CUDA, per network, as measured (benchmarks/precision.py on an H200, README "Precision")
+BF16_ON_CUDA = {"vitpose": False, "hmr2": True}
+
+
+def uses_bf16(kind: str, settings: Any, device: str) -> bool:
+    """Does ``kind`` ("vitpose" | "hmr2") run under bf16 autocast: ``settings.bf16`` when set, else the
+    measured default on CUDA; never on the CPU (the models autocast on CUDA only)."""
+    if not str(device).startswith("cuda"):
+        return False
+    return BF16_ON_CUDA[kind] if settings.bf16 is None else bool(settings.bf16)
+
+
+def precision_key(kind: str, settings: Any, device: str) -> dict[str, str]:
+    """The precision a network runs at, for its stage's key (a bf16 result is not an fp32 one)."""
+    return {"precision": "bf16" if uses_bf16(kind, settings, device) else "fp32"}
+
+
 def image_model(kind: str, weights: Path, settings: Any, device: str) -> Any:
-    """ViTPose (``kind="vitpose"``) or HMR2 (``"hmr2"``) in eval mode, loaded once per process: torch from
-    the original checkpoint, or onnxruntime for an ``.onnx`` file (GEM's published exports)."""
+    """ViTPose (``kind="vitpose"``) or HMR2 (``"hmr2"``) in eval mode, loaded once per process, on the engine
+    :func:`resolve_engine` picks: torch from the original checkpoint or from GEM's ONNX export (imported),
+    or onnxruntime for an ``.onnx`` file."""
     from models.cache import cached
 
+    engine = resolve_engine(settings.engine, weights, device)
+    bf16 = uses_bf16(kind, settings, device)
+    heads = {"num_heads": settings.num_heads}
+    if kind == "hmr2":
+        heads["decoder_heads"] = settings.decoder_heads
+
     def build() -> Any:
-        if weights.suffix == ".onnx":
+        if engine == "onnxruntime":
+            if weights.suffix != ".onnx":
+                raise ValueError(f"engine onnxruntime needs an .onnx file, not {weights.name}")
             from models.onnx_runner import OnnxModel
 
             return OnnxModel(weights, device)
+        if weights.suffix == ".onnx":
+            from models.onnx_import import load_onnx_as_torch
+
+            return load_onnx_as_torch(weights, kind, device, bf16=bf16, **heads)
         if kind == "vitpose":
             from models.vitpose import load_vitpose
 
-            return load_vitpose(weights, device, num_heads=settings.num_heads, bf16=settings.bf16)
+            return load_vitpose(weights, device, bf16=bf16, **heads)
         from models.hmr2 import load_hmr2
 
-        return load_hmr2(
-            weights,
-            device,
-            num_heads=settings.num_heads,
-            decoder_heads=settings.decoder_heads,
-            bf16=settings.bf16,
-        )
+        return load_hmr2(weights, device, bf16=bf16, **heads)
 
-    return cached((kind, str(weights), device, settings.model_dump_json()), build)
+    return cached((kind, str(weights), device, engine, bf16, settings.model_dump_json()), build)
 
 
 def auto_weights(setting: str, original: str, onnx: str, env: Any) -> str:
