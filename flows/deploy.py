@@ -20,6 +20,12 @@ import flows  # noqa: F401  (Prefect defaults before prefect is imported)
 CONTROL_POOL = "genmocap-control"
 ZOMBIE_AUTOMATION = "genmocap: mark zombie flow runs crashed"
 TAG = "genmocap"
+HEARTBEAT_SECONDS = 30  # Prefect's shortest flow-run heartbeat
+
+
+def _heartbeat(seconds: int) -> dict:
+    """Job variables that make a deployment's flow runs send a heartbeat every ``seconds``."""
+    return {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(seconds)}}
 
 
 class DeployError(RuntimeError):
@@ -96,7 +102,7 @@ def deploy(
     pool: str,
     control_pool: str = CONTROL_POOL,
     gpu_slots: int | None = None,
-    heartbeat_seconds: int = 30,
+    heartbeat_seconds: int = HEARTBEAT_SECONDS,
     zombie_seconds: int = 90,
 ) -> list[str]:
     """Register everything a server needs; returns what was done, one line each. Idempotent.
@@ -124,7 +130,7 @@ def deploy(
         if gpu_slots is not None:
             client.upsert_global_concurrency_limit_by_name("gpu", gpu_slots)
             done.append(f"global concurrency limit gpu: {gpu_slots} slot(s)")
-    heartbeat = {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat_seconds)}}
+    heartbeat = _heartbeat(heartbeat_seconds)
     _apply(process_clip, pool, pool, job_variables=heartbeat)
     done.append(f"deployment process_clip/{pool} on pool {pool}")
     _apply(process_folder, pool, control_pool, job_variables=heartbeat, parameters={"pool": pool})
@@ -165,14 +171,13 @@ def schedule(
         "settle_seconds": settle_seconds,
         "max_failed_runs": max_failed_runs,
     }
-    heartbeat = {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}
     _apply(
         process_folder,
         name,
         control_pool,
         schedules=[Cron(cron, timezone=timezone)],
         parameters=params,
-        job_variables=heartbeat,
+        job_variables=_heartbeat(HEARTBEAT_SECONDS),
     )
     return (
         f"schedule process_folder/{name}: {cron} ({timezone}) over {' '.join(inputs)} -> {out} on pool {pool}"

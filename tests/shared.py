@@ -11,3 +11,22 @@ def fixture_dir(name: str) -> Path:
     shared = os.environ.get("GENMOCAP_SHARED")
     base = Path(shared) if shared else Path(__file__).resolve().parents[2] / "shared"
     return base / "fixtures" / name
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def genmocap(*args: str, env: dict | None = None, timeout: float = 600):
+    """Run the real console entry point (``genmocap`` = ``flows.cli:main``) in a subprocess from the
+    checkout, with ``env`` laid over this process's environment; returns the ``CompletedProcess``."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        cwd=REPO,
+    )

@@ -29,6 +29,7 @@ from tests.media import (
     make_clip,
     vfr_kept_frames,
 )
+from tests.shared import genmocap
 
 pytestmark = pytest.mark.skipif(not ffmpeg_available(), reason="ffmpeg/ffprobe not installed")
 REPO = Path(__file__).resolve().parents[1]
@@ -193,60 +194,47 @@ def test_failed_rerun_removes_stale_outputs(corpus, tmp_path):
     assert sorted(p.name for p in (out / clip[0].id).iterdir()) == ["clip.json"]
 
 
-def _genmocap(*args, timeout=600, env_extra=None):
-    """Run the real console entry point (``genmocap`` = ``flows.cli:main``) in a subprocess."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), **(env_extra or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=REPO,
-    )
-
-
 @pytest.mark.slow
 def test_cli_prefect_folder_run_exit_codes_and_cache(corpus, tmp_path):
     """The real entry point in Prefect's local mode: exit 1 when a clip fails, a report, then all cached."""
     root, dets, _ = corpus
     out = tmp_path / "out"
     args = ["run", str(root), "--out", str(out), "--until", "track", "--detections", str(dets)]
-    r1 = _genmocap(*args)
+    r1 = genmocap(*args)
     assert r1.returncode == 1, r1.stdout + r1.stderr
     assert "Traceback" not in r1.stderr, r1.stderr
     rep = json.loads((out / "report.json").read_text())
     ok = [e for e in rep["clips"] if e["status"] == "ok"]
     assert len(ok) >= 5 and rep["summary"]["failed"] == len(rep["clips"]) - len(ok)
     assert "failed" in r1.stdout and "ok" in r1.stdout
-    r2 = _genmocap(*args)
+    r2 = genmocap(*args)
     assert r2.returncode == 1
     rep2 = json.loads((out / "report.json").read_text())
     for e in rep2["clips"]:
         if e["status"] == "ok":
             assert e["stages"]["probe"]["status"] == e["stages"]["track"]["status"] == "cached"
     # only good clips: exit 0
-    r3 = _genmocap(
+    r3 = genmocap(
         "run", str(root / "good30.mp4"), "--out", str(out), "--until", "track", "--detections", str(dets)
     )
     assert r3.returncode == 0, r3.stdout + r3.stderr
 
 
 def test_cli_usage_errors_exit_2(tmp_path):
-    r = _genmocap("run", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
+    r = genmocap("run", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "no such file" in r.stderr
     (tmp_path / "empty").mkdir()
-    r = _genmocap("run", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
+    r = genmocap("run", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "no clips found" in r.stderr
-    r = _genmocap("run", str(tmp_path), "--out", str(tmp_path / "o"), "--set", "track.select=biggest")
+    r = genmocap("run", str(tmp_path), "--out", str(tmp_path / "o"), "--set", "track.select=biggest")
     assert r.returncode == 2 and "track.select" in r.stderr and "'largest'" in r.stderr
-    r = _genmocap("run", str(tmp_path), "--out", str(tmp_path / "o"), "--until", "render")
+    r = genmocap("run", str(tmp_path), "--out", str(tmp_path / "o"), "--until", "render")
     assert r.returncode == 2
 
 
 def test_missing_detector_weights_is_a_clear_setup_error(corpus, tmp_path):
     root, _, _ = corpus
-    r = _genmocap(
+    r = genmocap(
         "run",
         str(root / "good30.mp4"),
         "--out",
@@ -255,7 +243,7 @@ def test_missing_detector_weights_is_a_clear_setup_error(corpus, tmp_path):
         "track.detector.weights=nothere.pt",
         "--set",
         "run.orchestrator=local",
-        env_extra={"XDG_CACHE_HOME": str(tmp_path / "cache")},
+        env={"XDG_CACHE_HOME": str(tmp_path / "cache")},
     )
     assert r.returncode == 2
     assert "weight file not found: nothere.pt" in r.stderr and "GENMOCAP_WEIGHTS" in r.stderr

@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from tests.media import default_people, detection_rows, ffmpeg_available, make_clip
+from tests.shared import genmocap
 from tests.test_model_stages import BODY, GEM_CKPT, HMR2, REDUCED, VITPOSE
 from tools import services
 
@@ -74,16 +75,8 @@ def footage(tmp_path_factory):
     return root, det_file
 
 
-def _genmocap(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    full = {**os.environ, "PYTHONPATH": str(REPO), "GENMOCAP_BODY_MODEL": str(BODY), **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full,
-        cwd=REPO,
-    )
+def _genmocap(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return genmocap(*args, env={"GENMOCAP_BODY_MODEL": str(BODY), **(env or {})})
 
 
 def _digests(clip_dir: Path) -> dict[str, str]:
