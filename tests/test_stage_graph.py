@@ -121,6 +121,10 @@ def test_camera_without_pose_or_gem_weights(clip, tmp_path, decodes):
     assert decodes == []
 
 
+@pytest.mark.skipif(
+    not (fixture_dir("gem_parity") / "gem_smpl_reduced.ckpt").is_file(),
+    reason=f"reduced checkpoints not found under {fixture_dir('gem_parity').parent}",
+)
 def test_clip_with_nobody_still_gets_its_camera(clip, tmp_path, capsys):
     """A full run (the reduced fixture checkpoints stand in for the real weights) on a clip with nobody."""
     mp4, _, empty = clip
